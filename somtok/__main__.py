@@ -1,0 +1,5 @@
+import sys
+
+from somtok.cli import main
+
+sys.exit(main())

@@ -1,0 +1,52 @@
+"""Writing outputs safely: atomically, never over an existing file unasked, never outside
+the folder a user chose."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from somtok.errors import SomtokError
+
+
+def check_writable(path: str | os.PathLike, force: bool) -> Path:
+    """Return ``path`` as a Path, refusing an existing file unless ``force``."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise SomtokError(f"output {str(path)!r} already exists; pass --force to overwrite it")
+    if path.is_dir():
+        raise SomtokError(f"output {str(path)!r} is a folder; expected a file path")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    A crash or an exception leaves no partial file behind: the temporary file is removed.
+    """
+    path = check_writable(path, force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def safe_child(folder: str | os.PathLike, name: str) -> Path:
+    """``folder / name`` for an untrusted ``name``, refusing anything that leaves ``folder``."""
+    folder = Path(folder).resolve()
+    base = os.path.basename(name.replace("\\", "/"))
+    if base in ("", ".", "..") or "\x00" in base:
+        raise SomtokError(f"unsafe output name {name!r}; expected a plain file name")
+    child = (folder / base).resolve()
+    if child.parent != folder:
+        raise SomtokError(f"output name {name!r} points outside {str(folder)!r}")
+    return child
