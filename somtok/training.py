@@ -1,0 +1,361 @@
+"""Training plumbing shared by the tokenizer and prior trainers (Hugging Face accelerate).
+
+What lives here is independent of the model being trained: the run-folder layout, saving and
+resuming accelerate state safely, the metrics file, TensorBoard, seeding, the non-finite check
+and a steps/s clock.
+
+A run folder (DESIGN.md "Run folders")::
+
+    runs/NAME/
+        train_config.json     the training settings (read back by --resume)
+        state/step_N/         accelerate state + progress.json, written as step_N.tmp and renamed
+        metrics.jsonl         one JSON object per line: {"step", "split", metric: value, ...}
+        tb/                   TensorBoard event files
+        plots/                PNGs written during training
+        config.json, model.safetensors, README.md   the exported model (Hub layout), at the end
+
+A checkpoint folder is complete once it is named ``step_N`` and holds ``progress.json``: both are
+the last things written, so a process killed mid-save leaves only a ``.tmp`` folder, which
+resume ignores and the next save removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    ProjectConfiguration,
+    gather_object,
+    set_seed,
+)
+
+from somtok.errors import SomtokError
+
+logger = logging.getLogger(__name__)
+
+RUNS_ROOT = Path("runs")
+PROGRESS_FILE = "progress.json"
+TRACKER_NAME = "tb"  # TensorBoard writes into runs/NAME/tb
+MIXED_PRECISION = ("no", "bf16", "fp16")
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class NonFiniteLossError(SomtokError):
+    """Training produced a NaN or infinite loss; the run stops without saving that state."""
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside one run folder."""
+
+    root: Path
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def train_config(self) -> Path:
+        return self.root / "train_config.json"
+
+    def step_dir(self, step: int) -> Path:
+        return self.state / f"step_{step}"
+
+    def make(self) -> None:
+        for folder in (self.root, self.state, self.plots):
+            folder.mkdir(parents=True, exist_ok=True)
+
+
+def resolve_run_dir(run_dir: str | os.PathLike | None, name: str | None, default_name: str) -> Path:
+    """The run folder: ``run_dir`` if given, else ``runs/<name or default_name>``."""
+    if run_dir is not None:
+        return Path(run_dir)
+    name = name or default_name
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise SomtokError(f"--name {name!r} is not a plain folder name; expected e.g. 'ksom-32x16'")
+    return RUNS_ROOT / name
+
+
+# --- accelerate -----------------------------------------------------------------------------
+
+
+def make_accelerator(
+    run: RunDir, mixed_precision: str = "no", grad_accum: int = 1, log: bool = True
+) -> Accelerator:
+    """One Accelerator for a run: TensorBoard under ``run.root/tb`` when ``log``.
+
+    DDP does not broadcast buffers: the quantiser keeps its codebook identical across processes
+    itself (statistics are summed before each update), and a broadcast at every forward would
+    overwrite statistics that other processes accumulated between optimiser steps.
+    """
+    if mixed_precision not in MIXED_PRECISION:
+        raise SomtokError(
+            f"--mixed-precision {mixed_precision!r} is unknown; expected one of {MIXED_PRECISION}"
+        )
+    if grad_accum < 1:
+        raise SomtokError(f"--grad-accum {grad_accum} must be at least 1")
+    project = ProjectConfiguration(project_dir=str(run.root), logging_dir=str(run.root))
+    try:
+        return Accelerator(
+            mixed_precision=mixed_precision,
+            gradient_accumulation_steps=grad_accum,
+            log_with="tensorboard" if log else None,
+            project_config=project,
+            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+        )
+    except ValueError as err:  # e.g. fp16 on a machine without a GPU
+        raise SomtokError(f"--mixed-precision {mixed_precision!r}: {err}") from err
+
+
+@contextlib.contextmanager
+def seeded(seed: int, deterministic: bool = False) -> Iterator[None]:
+    """Seed python, numpy and torch; with ``deterministic``, use deterministic kernels inside.
+
+    The deterministic switch is process-wide in torch, so it is restored on the way out.
+    """
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    set_seed(seed, deterministic=deterministic)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def init_trackers(accelerator: Accelerator, config: Mapping[str, Any]) -> None:
+    """Start TensorBoard with the run settings as hyper-parameters (scalars only)."""
+    if accelerator.log_with:
+        accelerator.init_trackers(TRACKER_NAME, config=flat_scalars(config))
+
+
+def flat_scalars(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested settings into ``{"a.b": scalar}``; tuples become "32x16", None "none"."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flat_scalars(value, prefix=f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = "x".join(str(v) for v in value)
+        elif value is None:
+            flat[name] = "none"
+        else:
+            flat[name] = value
+    return flat
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+
+
+def list_checkpoints(state_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints under ``state_dir``, oldest first, as (step, folder)."""
+    if not state_dir.is_dir():
+        return []
+    found = []
+    for child in state_dir.iterdir():
+        match = _STEP_DIR.match(child.name)
+        if match and (child / PROGRESS_FILE).is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(state_dir: Path) -> tuple[int, Path] | None:
+    """The newest complete checkpoint, or None."""
+    found = list_checkpoints(state_dir)
+    return found[-1] if found else None
+
+
+def save_checkpoint(
+    accelerator: Accelerator, run: RunDir, step: int, progress: Mapping[str, Any], keep_last: int
+) -> Path:
+    """Save accelerate state into ``state/step_N`` atomically; keep the ``keep_last`` newest.
+
+    Every process calls this (accelerate writes one RNG file per process). ``progress`` (JSON)
+    is written last, into the temporary folder, which is then renamed into place.
+    """
+    final = run.step_dir(step)
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)  # left by a run killed while saving
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(tmp / PROGRESS_FILE, {"step": step, "time": time.time(), **progress})
+        _sync_folder(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _prune(run.state, keep_last)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Accelerator, folder: Path) -> dict[str, Any]:
+    """Restore model, optimiser, scaler and RNG state from ``folder``; return its progress."""
+    progress = json.loads((folder / PROGRESS_FILE).read_text())
+    accelerator.load_state(str(folder))
+    return progress
+
+
+def _prune(state_dir: Path, keep_last: int) -> None:
+    if keep_last <= 0:
+        return
+    for _, folder in list_checkpoints(state_dir)[:-keep_last]:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync every file in ``folder`` so a renamed checkpoint survives a machine crash too."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file."""
+    return json.loads(Path(path).read_text())
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write ``value`` as indented JSON, atomically (replacing any older file)."""
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+
+def check_finite(
+    values: Mapping[str, float], step: int, hint: Callable[[], str] = lambda: ""
+) -> None:
+    """Raise NonFiniteLossError when any value (loss first) is NaN or infinite.
+
+    ``hint`` is called only then, for advice to append (e.g. where the last checkpoint is).
+    """
+    bad = [name for name, value in values.items() if not math.isfinite(value)]
+    if bad:
+        shown = ", ".join(f"{name}={value:.4g}" for name, value in values.items())
+        raise NonFiniteLossError(
+            f"training stopped at step {step}: non-finite {', '.join(bad)} ({shown}); "
+            f"nothing from this step was saved{hint()}"
+        )
+
+
+def non_finite_tensors(module: torch.nn.Module) -> list[str]:
+    """Names of the parameters and buffers of ``module`` holding a NaN or an infinity."""
+    state = module.state_dict()
+    return [
+        name
+        for name, value in state.items()
+        if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+
+
+def fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 (16 hex digits) over names, dtypes, shapes and bytes of ``tensors``."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        value = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def replica_fingerprints(accelerator: Accelerator, tensors: Mapping[str, torch.Tensor]) -> list:
+    """Each process's fingerprint of ``tensors`` (every process calls; all get the list).
+
+    Raises RuntimeError when the processes disagree: a bug, since the quantiser must keep
+    its codebook identical everywhere.
+    """
+    prints = gather_object([fingerprint(tensors)])
+    if len(set(prints)) > 1:
+        raise RuntimeError(f"replicas disagree on their state: fingerprints {prints}")
+    return prints
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """Append-only JSON-lines metrics file, written by the main process only."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path = path
+        self.enabled = enabled
+
+    def write(self, step: int, split: str, values: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, "split": split, **{k: _plain(v) for k, v in values.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows logged after ``step`` (a resumed run logs them again)."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if _row_step(line) <= step]
+        tmp = self.path.with_name(self.path.name + ".part")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+
+
+def read_metrics(path: Path, split: str | None = None) -> list[dict[str, Any]]:
+    """Rows of a metrics.jsonl file, optionally only one split ("train" or "val")."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [row for row in rows if split is None or row.get("split") == split]
+
+
+def _row_step(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf  # a torn last line from a killed run: drop it
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item()
+    return value
+
+
+class StepClock:
+    """Optimiser steps per second since the last ``tick`` (wall clock)."""
+
+    def __init__(self, step: int):
+        self.step = step
+        self.time = time.perf_counter()
+
+    def tick(self, step: int) -> float:
+        now = time.perf_counter()
+        rate = (step - self.step) / max(now - self.time, 1e-9)
+        self.step, self.time = step, now
+        return rate
