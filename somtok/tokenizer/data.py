@@ -203,6 +203,11 @@ def cifar10_dir() -> Path | None:
 # -- resolving a source ------------------------------------------------------------------------
 
 
+_EXPECTED_SOURCE = (
+    "expected 'sample', 'cifar10', a folder of images, parquet file(s) or a Hub dataset id"
+)
+
+
 def resolve_source(source: str, split: str) -> Source:
     """Find what ``source`` names and which of its files serve ``split``; reads no image."""
     if not split or not isinstance(split, str):
@@ -222,11 +227,6 @@ def resolve_source(source: str, split: str) -> Source:
     if _looks_like_hub_id(source):
         return _hub(source, split)
     raise SomtokError(f"source {source!r} does not exist; {_EXPECTED_SOURCE}")
-
-
-_EXPECTED_SOURCE = (
-    "expected 'sample', 'cifar10', a folder of images, parquet file(s) or a Hub dataset id"
-)
 
 
 def _looks_like_hub_id(source: str) -> bool:
