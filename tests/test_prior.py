@@ -324,3 +324,17 @@ def test_a_prior_refuses_another_tokenizer():
     prior.check_tokenizer(TOKENIZER_ID)
     with pytest.raises(SomtokError, match="fedcba9876543210.*0123456789abcdef"):
         prior.check_tokenizer("fedcba9876543210")
+
+
+def test_damaged_checkpoints_are_clear_errors(tmp_path):
+    tiny_prior().save_pretrained(tmp_path / "a")
+    tiny_prior(n_embd=64).save_pretrained(tmp_path / "b")
+    (tmp_path / "b" / "config.json").write_bytes((tmp_path / "a" / "config.json").read_bytes())
+    with pytest.raises(SomtokError, match="misshapen"):
+        load_prior(tmp_path / "b")
+    (tmp_path / "a" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(SomtokError, match="cannot read prior weights"):
+        load_prior(tmp_path / "a")
+    (tmp_path / "a" / "config.json").write_text("{not json")
+    with pytest.raises(SomtokError, match="unreadable"):
+        load_prior(tmp_path / "a")

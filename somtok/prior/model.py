@@ -31,18 +31,21 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from huggingface_hub import ModelHubMixin, hf_hub_download
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from somtok import __version__
 from somtok.errors import SomtokError
+from somtok.fileio import atomic_output
 
 # Version of the prior's checkpoint layout (config.json keys, weight names).
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "README.md"
 
 CIFAR10_CLASSES = (
     "airplane",
@@ -362,9 +365,13 @@ class SomPrior(
     def _save_pretrained(self, save_directory: Path) -> None:
         dtype = WEIGHT_DTYPES[self.config.weights_dtype]
         state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self._own_state().items()}
-        save_file(state, str(save_directory / WEIGHTS_FILE), metadata={"format": "pt"})
-        text = json.dumps(self.config_dict(), indent=2, sort_keys=True)
-        (save_directory / CONFIG_FILE).write_text(text + "\n", encoding="utf-8")
+        with atomic_output(save_directory / WEIGHTS_FILE, force=True) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        text = json.dumps(self.config_dict(), indent=2, sort_keys=True) + "\n"
+        with atomic_output(save_directory / CONFIG_FILE, force=True) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        # The mixin writes a card only where none exists; a re-save must replace a stale one.
+        (save_directory / CARD_FILE).unlink(missing_ok=True)
 
     def _own_state(self) -> dict[str, Tensor]:
         """The state dict without the output layer, which shares the input embedding's weights."""
@@ -411,20 +418,34 @@ class SomPrior(
             local_files_only=local_files_only,
             token=token,
         )
-        config_path = _resolve_file(model_id, CONFIG_FILE, hub)
-        weights_path = _resolve_file(model_id, WEIGHTS_FILE, hub)
-        model = cls(read_config(config_path))
-        model._load_weights(load_file(str(weights_path), device=map_location))
+        model_kwargs.pop("config", None)  # the mixin's reading of config.json; read_config checks
+        if model_kwargs:
+            raise TypeError(f"unexpected arguments {sorted(model_kwargs)} for from_pretrained")
+        model = cls(read_config(_resolve_file(model_id, CONFIG_FILE, hub)))
+        model.load_weights(_resolve_file(model_id, WEIGHTS_FILE, hub))
         return model.to(map_location).eval()
 
-    def _load_weights(self, state: dict[str, Tensor]) -> None:
-        state = {k: v.float() for k, v in state.items()}
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        if set(missing) - {"lm.lm_head.weight"} or unexpected:
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """Load a model.safetensors (float16 or float32) into this float32 model."""
+        try:
+            state = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as err:
+            raise SomtokError(f"cannot read prior weights {str(path)!r}: {err}") from err
+        expected = self._own_state()
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        wanted = {k: tuple(v.shape) for k, v in expected.items()}
+        if shapes != wanted:
+            missing = sorted(set(wanted) - set(shapes))
+            unexpected = sorted(set(shapes) - set(wanted))
+            misshapen = sorted(k for k in set(wanted) & set(shapes) if wanted[k] != shapes[k])
             raise SomtokError(
-                f"prior weights do not match its config: missing {sorted(missing)}, "
-                f"unexpected {sorted(unexpected)}"
+                f"prior weights {str(path)!r} do not match its config.json: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}, misshapen {misshapen[:5]}"
             )
+        bad = [k for k, v in state.items() if not bool(torch.isfinite(v).all())]
+        if bad:
+            raise SomtokError(f"prior weights {str(path)!r} hold NaN or infinity in {bad[:5]}")
+        self.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
 
 
 def read_config(path: str | os.PathLike) -> PriorConfig:
@@ -462,14 +483,26 @@ def load_prior(path_or_id: str | os.PathLike | None = None) -> SomPrior:
 
     target = str(path_or_id if path_or_id is not None else paths.DEFAULT_PRIOR)
     if not os.path.isdir(target) and not _looks_like_repo_id(target):
-        raise SomtokError(
-            f"prior {target!r} is not a folder; expected a prior checkpoint folder (train one "
-            "with `somtok train-prior`) or a Hub repo id"
-        )
+        raise SomtokError(f"prior {target!r} is not a folder; {_CHECKPOINT}")
+    if os.path.isdir(target):
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not os.path.isfile(os.path.join(target, name)):
+                raise SomtokError(f"prior folder {target!r} has no {name}; {_CHECKPOINT}")
     try:
         return SomPrior.from_pretrained(target)
-    except (OSError, HfHubHTTPError) as err:
-        raise SomtokError(f"cannot load prior {target!r}: {err}") from err
+    except json.JSONDecodeError as err:
+        raise SomtokError(f"prior {target!r} has an unreadable {CONFIG_FILE}: {err}") from err
+    except (HfHubHTTPError, HFValidationError, LocalEntryNotFoundError) as err:
+        raise SomtokError(
+            f"prior {target!r} is neither a checkpoint folder nor a Hub model that can be "
+            f"fetched ({type(err).__name__}); {_CHECKPOINT}"
+        ) from err
+
+
+_CHECKPOINT = (
+    "expected a folder with config.json and model.safetensors written by `somtok train-prior` "
+    "(the run folder), or a Hub repo id"
+)
 
 
 def _looks_like_repo_id(text: str) -> bool:
