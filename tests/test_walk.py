@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -146,6 +147,7 @@ def test_token_swap_switches_positions_once_each():
 def test_smoothness_measures_consecutive_pixel_change():
     still = torch.full((4, 3, 8, 8), 0.5)
     assert smoothness(still)[:2] == (0.0, 0.0)
+    assert smoothness(still[:1])[:2] == (0.0, 0.0)
 
     ramp = torch.linspace(0, 1, 5).view(5, 1, 1, 1).expand(5, 3, 8, 8)
     score = smoothness(ramp)
@@ -153,4 +155,81 @@ def test_smoothness_measures_consecutive_pixel_change():
 
     jump = torch.cat([torch.zeros(3, 3, 8, 8), torch.ones(1, 3, 8, 8)])
     score = smoothness((jump * 255).to(torch.uint8))
+    assert score.steps.tolist() == pytest.approx([0, 0, 1])
     assert score.max == pytest.approx(1.0) and score.mean == pytest.approx(1 / 3)
+
+
+def test_smoothness_prefers_many_small_steps_to_a_few_jumps():
+    # Both sequences take every pixel from 0 to 1 in four frames (equal mean absolute change):
+    # one moves all pixels a quarter at a time, the other flips a quarter of them at a time.
+    gradual = torch.linspace(0, 1, 5).view(5, 1, 1, 1).expand(5, 1, 2, 2)
+    flips = torch.zeros(5, 1, 2, 2)
+    for f in range(1, 5):
+        flips[f:, 0, (f - 1) // 2, (f - 1) % 2] = 1
+    assert (gradual[1:] - gradual[:-1]).abs().mean() == (flips[1:] - flips[:-1]).abs().mean()
+
+    smooth, jumpy = smoothness(gradual), smoothness(flips)
+    assert smooth.mean == pytest.approx(0.25) and jumpy.mean == pytest.approx(0.5)
+    assert smooth.max == pytest.approx(0.25) and jumpy.max == pytest.approx(1.0)
+
+
+# ---- on real images: the walk is smoother than token swap ----
+
+KSOM_STEPS = 300  # about 30 s on 2 CPU cores; the map is already ordered enough to show
+
+
+@pytest.fixture(scope="module")
+def ksom_tokenizer(tmp_path_factory, cifar10_dir):
+    """The shipped KSOM tokenizer, else a tiny KSOM trained briefly on real CIFAR-10."""
+    from somtok import paths
+    from somtok.tokenizer.model import load_tokenizer
+    from somtok.tokenizer.train import TrainConfig, train_tokenizer
+
+    if paths.DEFAULT_TOKENIZER.is_dir():
+        shipped = load_tokenizer(None)
+        if shipped.config.quantizer.neighbourhood != "none":
+            return shipped
+    run = tmp_path_factory.mktemp("ksom") / "run"
+    config = TrainConfig(
+        data=str(cifar10_dir),
+        preset="tiny",
+        quantizer="ksom-hard",
+        steps=KSOM_STEPS,
+        batch_size=64,
+        train_limit=2000,
+        eval_limit=100,
+        save_every=KSOM_STEPS,
+        eval_every=KSOM_STEPS,
+        log_every=50,
+        plot_images=4,
+        run_dir=str(run),
+    )
+    return load_tokenizer(str(train_tokenizer(config)))
+
+
+@pytest.mark.slow
+def test_map_walk_is_smoother_than_token_swap_on_real_images(ksom_tokenizer, cifar10_dir):
+    from somtok.tokenizer.data import load_images
+    from somtok.tokenizer.walk import decode_frames, interpolate
+
+    pairs = 20
+    images = load_images(str(cifar10_dir), "test", 32, limit=2 * pairs).images
+    tokens = ksom_tokenizer.encode(torch.from_numpy(np.array(images)))  # (2 * pairs, h, w)
+    grid = ksom_tokenizer.quantizer.grid
+    scores = {"walk": [], "swap": []}
+    for a, b in zip(tokens[0::2], tokens[1::2], strict=True):
+        steps = max(walk_length(grid, a, b), 2)  # the full walk; swap gets as many frames
+        for method, found in scores.items():
+            frames = interpolate(ksom_tokenizer, a, b, method, steps, torch.Generator())
+            found.append(smoothness(decode_frames(ksom_tokenizer, frames)))
+
+    walk_rms, swap_rms = ([s.mean for s in scores[m]] for m in ("walk", "swap"))
+    walk_max, swap_max = ([s.max for s in scores[m]] for m in ("walk", "swap"))
+    print(
+        f"over {pairs} CIFAR-10 test pairs: mean RMS change walk {np.mean(walk_rms):.4f}, "
+        f"swap {np.mean(swap_rms):.4f}; largest pixel change walk {np.mean(walk_max):.4f}, "
+        f"swap {np.mean(swap_max):.4f}"
+    )
+    assert np.mean(walk_rms) < 0.85 * np.mean(swap_rms)
+    assert np.mean(walk_max) < 0.85 * np.mean(swap_max)
+    assert sum(w < s for w, s in zip(walk_rms, swap_rms, strict=True)) >= 0.8 * pairs

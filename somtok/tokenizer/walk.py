@@ -27,10 +27,11 @@ METHODS = ("walk", "swap", "latent")
 
 
 class Smoothness(NamedTuple):
-    """Pixel change between consecutive decoded frames, on [0, 1] pixels.
+    """How much a sequence of decoded frames jumps, on [0, 1] pixels (smaller: smoother).
 
-    ``steps`` holds, per pair of consecutive frames, the mean absolute pixel difference;
-    ``mean`` and ``max`` summarise it (0.0 for a single frame).
+    ``steps`` holds, per pair of consecutive frames, the root-mean-square pixel change; ``mean``
+    is its mean over the pairs, and ``max`` the largest change of any one pixel between any two
+    consecutive frames. Both are 0.0 for a single frame.
     """
 
     mean: float
@@ -263,18 +264,24 @@ def decode_frames(tokenizer: SomTokenizer, frames: torch.Tensor) -> torch.Tensor
 
 
 def smoothness(images: torch.Tensor) -> Smoothness:
-    """Mean and largest pixel change between consecutive frames.
+    """The RMS pixel change between consecutive frames (mean over frames) and the largest
+    change of a single pixel.
 
-    images: float (F, C, H, W) in [0, 1] (uint8 is scaled by 1/255). The change between two
-    frames is their mean absolute pixel difference; smaller means a smoother sequence.
+    images: float (F, C, H, W) in [0, 1] (uint8 is scaled by 1/255).
+
+    Why not the mean absolute change: it adds up, so every sequence that takes each pixel
+    monotonically from A to B in F frames scores the same, and token swap (a random 1 / (F - 1)
+    of the positions jumping all the way at each frame) ties with a walk that moves every
+    position a little. The root mean square and the largest change weigh a few abrupt jumps
+    above many small steps, as the eye does.
     """
     images = torch.as_tensor(images)
     if images.dtype == torch.uint8:
         images = images.float() / 255
     if images.dim() != 4:
         raise SomtokError(f"images must be (F, C, H, W); got shape {tuple(images.shape)}")
-    diffs = (images[1:].float() - images[:-1].float()).abs()  # (F - 1, C, H, W)
-    steps = diffs.flatten(1).mean(dim=1) if len(diffs) else torch.zeros(0)
-    if len(steps) == 0:
-        return Smoothness(0.0, 0.0, steps)
-    return Smoothness(float(steps.mean()), float(steps.max()), steps)
+    if len(images) < 2:
+        return Smoothness(0.0, 0.0, torch.zeros(0))
+    diffs = (images[1:].float() - images[:-1].float()).flatten(1)  # (F - 1, C * H * W)
+    steps = diffs.pow(2).mean(dim=1).sqrt()  # (F - 1,)
+    return Smoothness(float(steps.mean()), float(diffs.abs().max()), steps)
