@@ -338,3 +338,15 @@ def test_damaged_checkpoints_are_clear_errors(tmp_path):
     (tmp_path / "a" / "config.json").write_text("{not json")
     with pytest.raises(SomtokError, match="unreadable"):
         load_prior(tmp_path / "a")
+
+
+def test_a_prior_refuses_tokens_of_another_tokenizer():
+    from somtok.tokenizer.tokens import TokenFile
+
+    prior = tiny_prior()
+    grids = torch.zeros(2, *SHAPE, dtype=torch.long)
+    mine = TokenFile(grids, tokenizer_id=TOKENIZER_ID, codebook_size=K, map_shape=(4, 4))
+    prior.check_tokens(mine)
+    other = TokenFile(grids, tokenizer_id="f" * 16, codebook_size=K, map_shape=(4, 4))
+    with pytest.raises(SomtokError, match="f{16}"):
+        prior.check_tokens(other)

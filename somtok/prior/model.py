@@ -226,10 +226,10 @@ PRIOR_CARD = """---
 
 # somtok prior
 
-An autoregressive prior (GPT-2 architecture, {{ parameters }} parameters) over the token grids
-of the somtok tokenizer `{{ tokenizer_id }}`: a {{ latent_h }} x {{ latent_w }} grid of codes out
-of {{ codebook_size }}, preceded by a class token ({{ num_classes }} classes: {{ class_list }}) or
-a null-class token. Trained with {{ class_dropout }} class dropout, so it samples unconditionally
+An autoregressive prior (GPT-2 architecture, {{ parameters }} parameters) over the token
+grids of the somtok tokenizer `{{ tokenizer_id }}`: {{ latent_h }} x {{ latent_w }} codes out of
+{{ codebook_size }}, after a class token ({{ num_classes }} classes: {{ class_list }}) or a
+null-class token. Trained with {{ class_dropout }} class dropout, so it samples unconditionally
 and with classifier-free guidance.
 
 {{ metrics }}
@@ -319,6 +319,15 @@ class SomPrior(
                 f"{source} has tokenizer_id {tokenizer_id!r} but this prior was trained on "
                 f"tokenizer {self.tokenizer_id!r}; use the matching tokenizer, or encode the "
                 "data again and train a new prior"
+            )
+
+    def check_tokens(self, tokens, source: str = "the token file") -> None:
+        """Refuse a ``TokenFile`` from another tokenizer or of another grid shape."""
+        self.check_tokenizer(tokens.tokenizer_id, source)
+        if tuple(tokens.latent_shape) != tuple(self.config.latent_shape):
+            raise SomtokError(
+                f"{source} holds grids of shape {tuple(tokens.latent_shape)}; this prior models "
+                f"{tuple(self.config.latent_shape)}"
             )
 
     def _check_grids(self, indices: Tensor) -> None:
@@ -481,7 +490,14 @@ def load_prior(path_or_id: str | os.PathLike | None = None) -> SomPrior:
     """
     from somtok import paths
 
-    target = str(path_or_id if path_or_id is not None else paths.DEFAULT_PRIOR)
+    if path_or_id is None:
+        if not paths.DEFAULT_PRIOR.is_dir():
+            raise SomtokError(
+                f"no prior at {str(paths.DEFAULT_PRIOR)!r} (none is shipped yet); train one "
+                "with `somtok train-prior` or pass --prior PATH_OR_HUB_ID"
+            )
+        path_or_id = paths.DEFAULT_PRIOR
+    target = str(path_or_id)
     if not os.path.isdir(target) and not _looks_like_repo_id(target):
         raise SomtokError(f"prior {target!r} is not a folder; {_CHECKPOINT}")
     if os.path.isdir(target):
