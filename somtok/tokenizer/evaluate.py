@@ -73,7 +73,8 @@ def metric_sums(
         "code_counts": torch.zeros(K, dtype=torch.int64),
     }
     batches = [picked[i : i + batch_size] for i in range(0, len(picked), batch_size)]
-    for batch in tqdm(batches, desc="evaluate", unit="batch", disable=not progress):
+    shown = None if progress else True  # None: a bar on a terminal only
+    for batch in tqdm(batches, desc="evaluate", unit="batch", disable=shown):
         pixels = torch.from_numpy(np.ascontiguousarray(images[np.sort(batch)]))  # uint8
         for name, value in _batch_sums(tokenizer, pixels).items():
             sums[name] += value.cpu()
