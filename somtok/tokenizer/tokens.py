@@ -236,5 +236,5 @@ def _json(meta: dict[str, str], key: str, kind: type) -> Any:
     except json.JSONDecodeError as err:
         raise SomtokError(f"metadata {key!r} is not valid JSON: {meta[key][:80]!r}") from err
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise SomtokError(f"metadata {key!r} is {value!r}; expected a {kind.__name__}")
+        raise SomtokError(f"metadata {key!r} is {value!r}; expected JSON of type {kind.__name__}")
     return value
