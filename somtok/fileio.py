@@ -35,9 +35,17 @@ def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[Path
     tmp = Path(tmp)
     try:
         yield tmp
+        # mkstemp creates the file readable by its owner only; give it the usual mode.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def safe_child(folder: str | os.PathLike, name: str) -> Path:
