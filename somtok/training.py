@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,10 @@ def make_accelerator(
 ) -> Accelerator:
     """One Accelerator for a run: TensorBoard under ``run.root/tb`` when ``log``.
 
+    On a machine without a GPU the processes train on the CPU (gloo): accelerate only does
+    that when told, so ``accelerate launch --multi_gpu --num_processes 2`` (torchrun) then
+    gives two CPU processes.
+
     DDP does not broadcast buffers: the quantiser keeps its codebook identical across processes
     itself (statistics are summed before each update), and a broadcast at every forward would
     overwrite statistics that other processes accumulated between optimiser steps.
@@ -120,6 +125,7 @@ def make_accelerator(
     project = ProjectConfiguration(project_dir=str(run.root), logging_dir=str(run.root))
     try:
         return Accelerator(
+            cpu=not has_accelerator_device(),
             mixed_precision=mixed_precision,
             gradient_accumulation_steps=grad_accum,
             log_with="tensorboard" if log else None,
@@ -128,6 +134,22 @@ def make_accelerator(
         )
     except ValueError as err:  # e.g. fp16 on a machine without a GPU
         raise SomtokError(f"--mixed-precision {mixed_precision!r}: {err}") from err
+
+
+def has_accelerator_device() -> bool:
+    """True when torch sees a GPU (or another accelerator) to train on."""
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    if accelerator is not None:
+        return accelerator.is_available()
+    return torch.cuda.is_available()
+
+
+def prepare(accelerator: Accelerator, *objects):
+    """``accelerator.prepare`` without torch's deprecation warning for the ``broadcast_buffers``
+    flag accelerate still passes to DDP (its replacement does not skip the sync at start)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
+        return accelerator.prepare(*objects)
 
 
 @contextlib.contextmanager
@@ -285,7 +307,7 @@ def fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
     for name in sorted(tensors):
         value = tensors[name].detach().cpu().contiguous()
         digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
-        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

@@ -88,7 +88,7 @@ def map_layout(grid: SOMGrid) -> tuple[int, int]:
 def decode_codes(tokenizer) -> torch.Tensor:
     """Each code decoded as a token grid filled with it: float32 (K, 3, H, W) in [0, 1]."""
     K = tokenizer.quantizer.grid.size
-    h = w = tokenizer.config.image_size // tokenizer.downsample
+    h, w = tokenizer.config.latent_shape
     codes = torch.arange(K, device=tokenizer.quantizer.codebook.device)
     outs = []
     for chunk in codes.split(limits.DECODE_BATCH_SIZE):
