@@ -329,6 +329,7 @@ class PriorTrainer:
         self.main = accelerator.is_main_process
         self.step = 0
         self.tokenizer_id = tokenizer.tokenizer_id
+        tokenizer = tokenizer.to(accelerator.device)  # encode on the training device
         self.train_set = self._encode(tokenizer, "train", config.train_limit)
         self.val_set = self._encode(tokenizer, "test", config.eval_limit)
         self.model_config = prior_config(
