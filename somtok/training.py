@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
 from accelerate.utils import (
     DistributedDataParallelKwargs,
     ProjectConfiguration,
@@ -122,6 +123,7 @@ def make_accelerator(
         )
     if grad_accum < 1:
         raise SomtokError(f"--grad-accum {grad_accum} must be at least 1")
+    _forget_other_precision(mixed_precision)
     project = ProjectConfiguration(project_dir=str(run.root), logging_dir=str(run.root))
     try:
         return Accelerator(
@@ -134,6 +136,20 @@ def make_accelerator(
         )
     except ValueError as err:  # e.g. fp16 on a machine without a GPU
         raise SomtokError(f"--mixed-precision {mixed_precision!r}: {err}") from err
+
+
+def _forget_other_precision(mixed_precision: str) -> None:
+    """Let one process train several models at different precisions (tests, benchmarks).
+
+    accelerate keeps its state process-wide and refuses a second Accelerator with another
+    mixed precision. With a single process nothing else depends on that state, so it is
+    dropped (a private accelerate call: there is no public one); the process group of a
+    multi-process run is never touched.
+    """
+    state = AcceleratorState._shared_state
+    changed = bool(state) and state.get("_mixed_precision") != mixed_precision
+    if changed and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
 
 
 def has_accelerator_device() -> bool:

@@ -149,16 +149,19 @@ def test_metrics_truncate_drops_later_rows_and_a_torn_line(tmp_path):
 # --- training runs ------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_train_then_resume_continues_exactly(tmp_path):
     """A 4-step run resumed to 6 steps equals a 6-step run; the folder has every output."""
     whole = _train(tmp_path, "whole", steps=6)
     part = _train(tmp_path, "part", steps=4)
     assert json.loads((part / "config.json").read_text())  # exported at step 4 too
+    torn = part / "state" / "step_6.tmp"  # as a process killed while saving step 6 leaves it
+    torn.mkdir()
+    (torn / "model.safetensors").write_bytes(b"partial")
     resumed = _train(tmp_path, "part", steps=6, resume=True)
     assert resumed == part
 
     _assert_same(_final_state(whole), _final_state(resumed))
+    assert not torn.exists()
     rows = training.read_metrics(resumed / "metrics.jsonl", "train")
     assert [row["step"] for row in rows] == [1, 2, 3, 4, 5, 6]
     assert all(math.isfinite(row["loss"]) for row in rows)
@@ -184,6 +187,14 @@ def _check_run_folder(run: Path, steps: int) -> None:
     assert model.config.pixel_mean == tuple(
         json.loads((run / "train_config.json").read_text())["pixel_mean"]
     )
+
+
+def test_bf16_mixed_precision_trains(tmp_path):
+    run = _train(tmp_path, "bf16", steps=2, mixed_precision="bf16", eval_every=10, save_every=10)
+    rows = training.read_metrics(run / "metrics.jsonl", "train")
+    assert [row["step"] for row in rows] == [1, 2]
+    assert all(math.isfinite(row["loss"]) for row in rows)
+    assert "bf16" in (run / "README.md").read_text()
 
 
 def test_run_folder_in_use_and_changed_settings_are_refused(tmp_path):
@@ -246,7 +257,7 @@ def _command(run: Path, steps: int, *extra: str) -> list[str]:
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     """Kill a training process with SIGKILL mid-run, resume it: same final tensors."""
     env = _env()
-    steps = 12
+    steps = 8
     whole = tmp_path / "whole"
     _run(_command(whole, steps), env)
 
@@ -258,7 +269,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    _wait_for_step(killed / "metrics.jsonl", 7, proc)
+    _wait_for_step(killed / "metrics.jsonl", 5, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "model.safetensors").exists(), "the run finished before the kill"
