@@ -305,3 +305,51 @@ def test_train_config_round_trips_through_json():
     back = TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert back == config
     assert dataclasses.asdict(back)["map_shape"] == (4, 4)
+
+
+# --- plots ----------------------------------------------------------------------------------
+
+
+def test_reconstruction_grid_alternates_rows_and_scales():
+    from somtok.tokenizer import plots
+
+    originals = torch.zeros(5, 3, 4, 4, dtype=torch.uint8)
+    recons = torch.ones(5, 3, 4, 4)  # float 1.0 -> white 255
+    picture = plots.reconstruction_grid(originals, recons, columns=4, scale=2)
+    cell = 4 + plots.PAD
+    assert picture.size == (2 * (4 * cell + plots.PAD), 2 * (4 * cell + plots.PAD))
+    pixels = np.asarray(picture)[::2, ::2]  # undo the scale
+    top = plots.PAD
+    assert (pixels[top : top + 4, top : top + 4] == 0).all()  # row 0: originals (black)
+    assert (pixels[top + cell : top + cell + 4, top : top + 4] == 255).all()  # row 1: recons
+
+
+def test_codebook_atlas_puts_each_code_at_its_map_position():
+    from somtok.tokenizer import plots
+    from somtok.tokenizer.model import PRESETS, SomTokenizer
+
+    torch.manual_seed(0)
+    model = SomTokenizer(PRESETS["tiny"]).eval()
+    rows, cols = model.quantizer.grid.shape
+    atlas = np.asarray(plots.codebook_atlas(model))
+    side = model.config.image_size
+    cell = side + plots.PAD
+    assert atlas.shape == (rows * cell + plots.PAD, cols * cell + plots.PAD, 3)
+    r, c = 2, 5
+    tile = atlas[plots.PAD + r * cell :][:side, plots.PAD + c * cell :][:, :side]
+    code = torch.full((1, *model.config.latent_shape), r * cols + c)
+    expected = plots.to_uint8(model.decode_indices(code))[0]
+    assert np.array_equal(tile, expected)
+
+
+def test_u_matrix_is_low_for_an_ordered_codebook():
+    from somtok.tokenizer import plots
+    from somtok.tokenizer.grid import SOMGrid
+
+    grid = SOMGrid((6, 6))
+    ordered = grid.coords(torch.arange(36)).float()  # each code sits at its grid position
+    shuffled = ordered[torch.randperm(36, generator=torch.Generator().manual_seed(0))]
+    assert plots.u_matrix(ordered, grid).mean() < 0.6 * plots.u_matrix(shuffled, grid).mean()
+    assert plots.map_layout(SOMGrid((10,))) == (3, 4)  # a 1-D map wraps into rows
+    assert plots.u_matrix_map(ordered, grid).size[0] > 0
+    assert plots.usage_map(torch.arange(36), grid).size[0] > 0

@@ -37,10 +37,11 @@ def to_uint8(images) -> np.ndarray:
     return rearrange(images, "b c h w -> b h w c")
 
 
-def tile(images: np.ndarray, rows: int, cols: int, pad: int = PAD) -> Image.Image:
+def tile(images: np.ndarray, rows: int, cols: int, pad: int = PAD, scale: int = 1) -> Image.Image:
     """Lay uint8 (B, H, W, 3) images out row by row on a white canvas of rows x cols cells.
 
-    Cells past B stay white.
+    Cells past B stay white. ``scale`` enlarges the picture (nearest neighbour: pixels stay
+    sharp, which is what one wants to see of 32 x 32 images).
     """
     count, height, width, _ = images.shape
     canvas = np.full(
@@ -50,17 +51,22 @@ def tile(images: np.ndarray, rows: int, cols: int, pad: int = PAD) -> Image.Imag
         r, c = divmod(i, cols)
         top, left = pad + r * (height + pad), pad + c * (width + pad)
         canvas[top : top + height, left : left + width] = images[i]
-    return Image.fromarray(canvas)
+    picture = Image.fromarray(canvas)
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    return picture
 
 
-def image_grid(images, columns: int = 8) -> Image.Image:
+def image_grid(images, columns: int = 8, scale: int = 1) -> Image.Image:
     """Images (B, 3, H, W) in a grid ``columns`` wide."""
     pixels = to_uint8(images)
     columns = max(1, min(columns, len(pixels)))
-    return tile(pixels, math.ceil(len(pixels) / columns), columns)
+    return tile(pixels, math.ceil(len(pixels) / columns), columns, scale=scale)
 
 
-def reconstruction_grid(originals, reconstructions, columns: int = 8) -> Image.Image:
+def reconstruction_grid(
+    originals, reconstructions, columns: int = 8, scale: int = 1
+) -> Image.Image:
     """Originals and their reconstructions in alternating rows (original row above)."""
     a, b = to_uint8(originals), to_uint8(reconstructions)
     if a.shape != b.shape:
@@ -73,7 +79,7 @@ def reconstruction_grid(originals, reconstructions, columns: int = 8) -> Image.I
             pad = np.full((columns - len(row), *row.shape[1:]), WHITE, dtype=np.uint8)
             rows.append(np.concatenate([row, pad]))
     stacked = np.concatenate(rows)  # (2 * row count * columns, H, W, 3)
-    return tile(stacked, len(rows), columns)
+    return tile(stacked, len(rows), columns, scale=scale)
 
 
 def map_layout(grid: SOMGrid) -> tuple[int, int]:

@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 # the third decimal; all 50,000 CIFAR-10 images would only cost time.
 PIXEL_STATS_IMAGES = 4096
 
+# Reconstruction grids are enlarged this many times: 32 x 32 images are too small to judge.
+PLOT_SCALE = 2
+
 # DESIGN.md: the paper clips the gradient norm at 1.0.
 GRAD_CLIP = 1.0
 
@@ -418,7 +421,7 @@ class Trainer:
         tokenizer.eval()
         with torch.no_grad():
             recon = tokenizer.decode_indices(tokenizer.encode(images.float() / 255.0))
-            grid = plots.reconstruction_grid(images, recon)
+            grid = plots.reconstruction_grid(images, recon, scale=PLOT_SCALE)
             atlas = plots.codebook_atlas(tokenizer)
         tokenizer.train(was_training)
         plots.save_png(grid, self.run.plots / "reconstructions.png")
