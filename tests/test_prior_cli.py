@@ -65,6 +65,7 @@ def test_train_prior_writes_a_run_folder_and_resumes(trained, tokenizers):
     config = json.loads((trained / "config.json").read_text())
     assert config["tokenizer_id"] == tokenizer.tokenizer_id
     assert "bits_per_token" in (trained / "README.md").read_text()
+    assert (trained / "plots" / "samples.png").stat().st_size > 0
 
 
 def test_resume_with_another_tokenizer_is_refused(trained, tokenizers, capsys):

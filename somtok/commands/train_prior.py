@@ -4,8 +4,9 @@ First encodes the dataset's train and test splits with --tokenizer, once: the to
 the class labels) are cached by tokenizer id, source and split, and reused while the tokenizer is
 the same. Then trains a GPT-2-style prior and writes runs/NAME/: accelerate state every
 --save-every steps (state/step_N), metrics.jsonl (validation: bits per token on the test split),
-TensorBoard logs (tb/) and, at the end, the prior in Hub layout (config.json, model.safetensors,
-README.md): pass that folder as --prior to `somtok sample`.
+TensorBoard logs (tb/), plots/samples.png (decoded samples of each class) and, at the end, the
+prior in Hub layout (config.json, model.safetensors, README.md): pass that folder as --prior to
+`somtok sample`.
 
 --resume continues the run in --run-dir / runs/NAME from its newest checkpoint: settings not
 given on the command line are read back from the run; --steps may be raised. The tokenizer must
@@ -57,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--log-every", type=int, help="metrics every N steps (default 10)")
     run.add_argument("--keep-last", type=int, help="checkpoints kept (default 3; 0: all)")
+    run.add_argument(
+        "--plot-images", type=int, help="samples drawn into plots/samples.png (16; 0: none)"
+    )
     run.add_argument("--resume", action="store_true", help="continue from the newest state")
 
 

@@ -45,6 +45,8 @@ GRAD_CLIP = 1.0
 # AdamW betas of GPT-style training: a shorter second-moment memory than Adam's default 0.999
 # keeps small-batch steps stable.
 BETAS = (0.9, 0.95)
+# Classes shown in plots/samples.png (one row each); more would make a tall picture.
+PLOT_CLASSES = 10
 # The learning rate decays on a cosine from its peak to this fraction of it.
 FINAL_LR_FRACTION = 0.1
 
@@ -56,6 +58,7 @@ RESUMABLE_FIELDS = (
     "eval_limit",
     "log_every",
     "keep_last",
+    "plot_images",
     "resume",
     "run_dir",
     "name",
@@ -90,6 +93,7 @@ class PriorTrainConfig:
     eval_every: int = 500
     log_every: int = 10
     keep_last: int = 3
+    plot_images: int = 16
     cache_dir: str | None = None
     run_dir: str | None = None
     name: str | None = None
@@ -114,6 +118,8 @@ def check_train_config(config: PriorTrainConfig) -> None:
     for name in ("steps", "batch_size", "save_every", "eval_every", "log_every"):
         if getattr(config, name) < 1:
             raise SomtokError(f"--{name.replace('_', '-')} {getattr(config, name)} must be >= 1")
+    if config.plot_images < 0:
+        raise SomtokError(f"--plot-images {config.plot_images} must be >= 0")
     for name in ("train_limit", "eval_limit"):
         value = getattr(config, name)
         if value is not None and value < 1:
@@ -329,9 +335,9 @@ class PriorTrainer:
         self.main = accelerator.is_main_process
         self.step = 0
         self.tokenizer_id = tokenizer.tokenizer_id
-        tokenizer = tokenizer.to(accelerator.device)  # encode on the training device
-        self.train_set = self._encode(tokenizer, "train", config.train_limit)
-        self.val_set = self._encode(tokenizer, "test", config.eval_limit)
+        self.tokenizer = tokenizer.to(accelerator.device)  # encode and plot on this device
+        self.train_set = self._encode(self.tokenizer, "train", config.train_limit)
+        self.val_set = self._encode(self.tokenizer, "test", config.eval_limit)
         self.model_config = prior_config(
             config, tokenizer, self.train_set.class_names, self.train_set.labels
         )
@@ -463,7 +469,23 @@ class PriorTrainer:
         self.accelerator.log({f"val/{k}": v for k, v in values.items()}, step=self.step)
         if self.main:
             logger.info("step %d validation: %s", self.step, _fmt(values))
+            if self.config.plot_images:
+                self._plot()
         return values
+
+    def _plot(self) -> None:
+        """plots/samples.png: a few samples per class (or unconditional ones), decoded."""
+        from somtok.prior.sample import sample_tokens
+        from somtok.tokenizer import plots
+
+        prior = self.prior
+        was_training = prior.training
+        classes = list(range(min(prior.config.num_classes, PLOT_CLASSES))) or [None]
+        per_class = max(1, self.config.plot_images // len(classes))
+        grids = [sample_tokens(prior, per_class, c, seed=self.config.seed).indices for c in classes]
+        prior.train(was_training)
+        images = self.tokenizer.decode_indices(torch.cat(grids).to(self.tokenizer.device))
+        plots.save_png(plots.image_grid(images, per_class), self.run.plots / "samples.png")
 
     # -- checkpoints
 
