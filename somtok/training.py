@@ -175,6 +175,9 @@ def seeded(seed: int, deterministic: bool = False) -> Iterator[None]:
     The deterministic switch is process-wide in torch, so it is restored on the way out.
     """
     was_deterministic = torch.are_deterministic_algorithms_enabled()
+    if deterministic:
+        # cuBLAS needs this to be deterministic on a GPU (read when its first handle is made).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     set_seed(seed, deterministic=deterministic)
     try:
         yield
@@ -182,10 +185,14 @@ def seeded(seed: int, deterministic: bool = False) -> Iterator[None]:
         torch.use_deterministic_algorithms(was_deterministic)
 
 
-def init_trackers(accelerator: Accelerator, config: Mapping[str, Any]) -> None:
-    """Start TensorBoard with the run settings as hyper-parameters (scalars only)."""
+def init_trackers(accelerator: Accelerator, config: Mapping[str, Any], start_step: int = 0) -> None:
+    """Start TensorBoard with the run settings as hyper-parameters (scalars only).
+
+    A run resumed at ``start_step`` drops the events a killed run logged after that step.
+    """
     if accelerator.log_with:
-        accelerator.init_trackers(TRACKER_NAME, config=flat_scalars(config))
+        purge = {"tensorboard": {"purge_step": start_step + 1}} if start_step else None
+        accelerator.init_trackers(TRACKER_NAME, config=flat_scalars(config), init_kwargs=purge)
 
 
 def flat_scalars(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

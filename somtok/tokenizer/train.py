@@ -21,13 +21,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from somtok import training
 from somtok.errors import SomtokError
@@ -95,7 +96,6 @@ class TrainConfig:
     run_dir: str | None = None
     name: str | None = None
     resume: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def default_name(self) -> str:
         shape = "x".join(map(str, self.map_shape)) if self.map_shape else "default"
@@ -142,7 +142,15 @@ def check_config(config: TrainConfig) -> None:
         raise SomtokError(
             f"--quantizer {config.quantizer!r} is unknown; expected one of {list(QUANTIZERS)}"
         )
-    positive = ("steps", "batch_size", "grad_accum", "save_every", "eval_every", "log_every")
+    positive = (
+        "steps",
+        "batch_size",
+        "grad_accum",
+        "save_every",
+        "eval_every",
+        "log_every",
+        "plot_images",
+    )
     for name in positive:
         if getattr(config, name) < 1:
             raise SomtokError(f"--{name.replace('_', '-')} {getattr(config, name)} must be >= 1")
@@ -318,7 +326,11 @@ class Trainer:
         """Train from step 0 (or the latest checkpoint) up to ``config.steps``."""
         if self.config.resume:
             self.resume()
-        training.init_trackers(self.accelerator, self._tracked_config())
+        training.init_trackers(self.accelerator, self._tracked_config(), start_step=self.step)
+        with logging_redirect_tqdm():  # log lines print above the bar, not through it
+            self._loop()
+
+    def _loop(self) -> None:
         bar = tqdm(
             total=self.config.steps,
             initial=self.step,
