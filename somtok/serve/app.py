@@ -157,7 +157,9 @@ class SomtokApp:
         if image is None or (isinstance(image, str) and not image.strip()):
             raise SomtokError(f"{what} is missing; upload an image (PNG, JPEG, WebP, ...) first")
         if isinstance(image, (str, os.PathLike)):
-            picture = _read_file(Path(image), name or str(image))
+            name = name or str(image)
+            picture = _read_file(Path(image), name)
+            what = f"{what} {name!r}"  # size errors below name the file too
         elif isinstance(image, Image.Image):
             picture = user_images.to_rgb(image)
         elif isinstance(image, np.ndarray):
