@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 from einops import rearrange
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from somtok import limits
 from somtok.errors import SomtokError
@@ -130,6 +130,9 @@ def read_image_bytes(data: bytes, name: str = "upload", draft: int | None = None
             f"image {name!r} has too many pixels ({err}); expected at most "
             f"{limits.MAX_IMAGE_PIXELS:,} pixels"
         ) from err
+    except UnidentifiedImageError as err:  # its message shows only an io.BytesIO repr
+        why = "the file is empty" if not data else "not an image format Pillow knows"
+        raise SomtokError(f"image {name!r} could not be read ({why}); {EXPECTED}") from err
     # Pillow's decoders raise many types on malformed input (OSError, SyntaxError, struct.error,
     # IndexError, ...); for a file from outside all of them mean "not a readable image".
     except Exception as err:
