@@ -1,0 +1,186 @@
+"""Benchmark tokenizing: images/s of the model alone and of `somtok tokenize` end to end,
+against a plain eager float32 encoding with the same weights, all in one run.
+
+On real CIFAR-10 test images, batch 256, the cifar10 preset (random weights unless
+--tokenizer; speed does not depend on the values):
+
+  eager-encoder   the baseline: NCHW weights and input, torch.no_grad, the encoder then the
+                  quantiser's nearest-code search, as a plain PyTorch module would run;
+  eager-forward   SomTokenizer-style full forward (encoder, quantiser, decoder) in NCHW, for
+                  reference only;
+  encode          SomTokenizer.encode as shipped: channels-last, no_grad;
+  compiled        encode after optimize_for_inference(): torch.compile with frozen weights;
+  cli             `somtok tokenize FOLDER` in process on --images PNG files: loading the
+                  checkpoint, reading and checking every PNG, encoding, writing the token file.
+
+Rounds are interleaved so that drifts in machine load hit every method alike; medians are
+reported with the ratio to eager-encoder. Indices of encode and compiled are compared with the
+baseline's (they should agree exactly, or up to rare ties broken by float rounding).
+
+    .venv/bin/python scripts/bench_tokenize.py [--rounds 10] [--images 2048] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+from PIL import Image
+
+from somtok import limits
+from somtok.cli import main as somtok_main
+from somtok.tokenizer.data import load_images
+from somtok.tokenizer.model import SomTokenizer, TokenizerConfig, load_tokenizer
+
+BATCH = limits.ENCODE_BATCH_SIZE
+
+
+def eager_baseline(model: SomTokenizer):
+    """The same weights as a plain eager NCHW module: (encode fn, full forward fn)."""
+    base = copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()
+    mean = torch.tensor(model.config.pixel_mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.config.pixel_std).view(1, 3, 1, 1)
+
+    @torch.no_grad()
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        z = base.encoder((x.float() / 255 - mean) / std)  # (B, D, h, w)
+        idx = base.quantizer.nearest(rearrange(z, "b d h w -> (b h w) d"))
+        return rearrange(idx, "(b h w) -> b h w", b=x.shape[0], h=z.shape[2], w=z.shape[3])
+
+    @torch.no_grad()
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        z = base.encoder((x.float() / 255 - mean) / std)
+        q = base.quantizer(rearrange(z, "b d h w -> (b h w) d"))
+        codes = rearrange(q.quantized, "(b h w) d -> b d h w", b=x.shape[0], h=z.shape[2])
+        return base.decoder(codes.contiguous())
+
+    return encode, forward
+
+
+def write_pngs(pixels: np.ndarray, folder: Path) -> None:
+    for i, image in enumerate(pixels):
+        Image.fromarray(rearrange(image, "c h w -> h w c")).save(folder / f"{i:06d}.png")
+
+
+def cli_run(folder: Path, checkpoint: Path, out: Path) -> None:
+    args = ["tokenize", str(folder), "-o", str(out), "--tokenizer", str(checkpoint), "--force"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = somtok_main(args)
+    assert code == 0, f"somtok tokenize exited with {code}"
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a == b).float().mean())
+
+
+def run(args) -> dict:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.tokenizer:
+        model = load_tokenizer(args.tokenizer)
+    else:
+        model = SomTokenizer(TokenizerConfig.from_preset("cifar10")).eval()
+    pixels = np.array(load_images("cifar10", "test", 32, limit=max(args.images, BATCH)).images)
+    batch = torch.from_numpy(pixels[:BATCH])  # uint8 (256, 3, 32, 32)
+    eager_encode, eager_forward = eager_baseline(model)
+    reference = eager_encode(batch)
+
+    print("compiling the encoder", file=sys.stderr, flush=True)
+    compiled = copy.deepcopy(model).optimize_for_inference()
+    start = time.perf_counter()
+    compiled_indices = compiled.encode(batch)
+    compile_s = time.perf_counter() - start
+    checks = {
+        "encode_vs_eager": agreement(model.encode(batch), reference),
+        "compiled_vs_eager": agreement(compiled_indices, reference),
+        "compiled_path_used": not compiled._compiled.failed,
+    }
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "images").mkdir()
+        write_pngs(pixels[: args.images], tmp / "images")
+        model.save_pretrained(tmp / "tokenizer")
+        methods = {
+            "eager-encoder": (BATCH, lambda: eager_encode(batch)),
+            "eager-forward": (BATCH, lambda: eager_forward(batch)),
+            "encode": (BATCH, lambda: model.encode(batch)),
+            "compiled": (BATCH, lambda: compiled.encode(batch)),
+            "cli": (args.images, lambda: cli_run(tmp / "images", tmp / "tokenizer", tmp / "t")),
+        }
+        seconds = interleaved(methods, args.rounds, args.warmup)
+    rates = {name: methods[name][0] / s for name, s in seconds.items()}
+    return {
+        "images_per_s": rates,
+        "ratio_to_eager_encoder": {n: r / rates["eager-encoder"] for n, r in rates.items()},
+        "compile_seconds": compile_s,
+        "checks": checks,
+        "threads": torch.get_num_threads(),
+        "batch": BATCH,
+        "cli_images": args.images,
+        "rounds": args.rounds,
+        "torch": torch.__version__,
+    }
+
+
+def interleaved(methods: dict, rounds: int, warmup: int) -> dict[str, float]:
+    """Median seconds per call of each method, every method once per round, order rotating."""
+    names = list(methods)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(warmup + rounds):
+        print(f"round {r + 1} of {warmup + rounds}", file=sys.stderr, flush=True)
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            seconds = timed(methods[name][1])
+            if r >= warmup:
+                times[name].append(seconds)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def report(result: dict) -> None:
+    print(
+        f"cifar10 preset, batch {result['batch']}, {result['threads']} thread(s), medians of "
+        f"{result['rounds']} interleaved rounds, torch {result['torch']}"
+    )
+    print(f"{'method':<15}{'images/s':>10}{'x eager-encoder':>18}")
+    for name, rate in result["images_per_s"].items():
+        ratio = result["ratio_to_eager_encoder"][name]
+        print(f"{name:<15}{rate:>10.0f}{ratio:>18.2f}")
+    print(f"compile time: {result['compile_seconds']:.1f} s (once per process)")
+    print(f"checks: {result['checks']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--images", type=int, default=2048, help="PNG files for the CLI run")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--tokenizer", help="a checkpoint to time instead of random weights")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    result = run(args)
+    report(result)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
