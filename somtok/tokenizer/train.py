@@ -444,7 +444,8 @@ class Trainer:
     def save(self) -> Path:
         """Save accelerate state at this step; refuse (and stop) if any tensor is non-finite."""
         bad = training.non_finite_tensors(self.tokenizer)
-        if bad:
+        anywhere = torch.tensor(float(len(bad)), device=self.accelerator.device)
+        if self.accelerator.reduce(anywhere, "sum").item() > 0:  # every process stops together
             raise training.NonFiniteLossError(
                 f"training stopped at step {self.step}: non-finite values in {bad[:5]}; "
                 "this state was not saved"
