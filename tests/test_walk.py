@@ -159,17 +159,16 @@ def test_smoothness_measures_consecutive_pixel_change():
     assert score.max == pytest.approx(1.0) and score.mean == pytest.approx(1 / 3)
 
 
-def test_smoothness_prefers_many_small_steps_to_a_few_jumps():
-    # Both sequences take every pixel from 0 to 1 in four frames (equal mean absolute change):
-    # one moves all pixels a quarter at a time, the other flips a quarter of them at a time.
+def test_smoothness_tells_many_small_steps_from_a_few_jumps():
+    # Both sequences take every pixel from 0 to 1 in four frames: one moves all pixels a
+    # quarter at a time, the other flips a quarter of them at a time. Same mean, other jumps.
     gradual = torch.linspace(0, 1, 5).view(5, 1, 1, 1).expand(5, 1, 2, 2)
     flips = torch.zeros(5, 1, 2, 2)
     for f in range(1, 5):
         flips[f:, 0, (f - 1) // 2, (f - 1) % 2] = 1
-    assert (gradual[1:] - gradual[:-1]).abs().mean() == (flips[1:] - flips[:-1]).abs().mean()
 
     smooth, jumpy = smoothness(gradual), smoothness(flips)
-    assert smooth.mean == pytest.approx(0.25) and jumpy.mean == pytest.approx(0.5)
+    assert smooth.mean == pytest.approx(0.25) and jumpy.mean == pytest.approx(0.25)
     assert smooth.max == pytest.approx(0.25) and jumpy.max == pytest.approx(1.0)
 
 
@@ -223,13 +222,14 @@ def test_map_walk_is_smoother_than_token_swap_on_real_images(ksom_tokenizer, cif
             frames = interpolate(ksom_tokenizer, a, b, method, steps, torch.Generator())
             found.append(smoothness(decode_frames(ksom_tokenizer, frames)))
 
-    walk_rms, swap_rms = ([s.mean for s in scores[m]] for m in ("walk", "swap"))
+    walk_mean, swap_mean = ([s.mean for s in scores[m]] for m in ("walk", "swap"))
     walk_max, swap_max = ([s.max for s in scores[m]] for m in ("walk", "swap"))
     print(
-        f"over {pairs} CIFAR-10 test pairs: mean RMS change walk {np.mean(walk_rms):.4f}, "
-        f"swap {np.mean(swap_rms):.4f}; largest pixel change walk {np.mean(walk_max):.4f}, "
-        f"swap {np.mean(swap_max):.4f}"
+        f"over {pairs} CIFAR-10 test pairs: largest pixel change walk {np.mean(walk_max):.4f}, "
+        f"swap {np.mean(swap_max):.4f}; mean pixel change walk {np.mean(walk_mean):.4f}, "
+        f"swap {np.mean(swap_mean):.4f}"
     )
-    assert np.mean(walk_rms) < 0.85 * np.mean(swap_rms)
-    assert np.mean(walk_max) < 0.85 * np.mean(swap_max)
-    assert sum(w < s for w, s in zip(walk_rms, swap_rms, strict=True)) >= 0.8 * pairs
+    # Swap replaces whole patches at once; the walk moves by neighbouring codes only. (The walk
+    # moves more in total, through intermediate codes, so the mean is not compared.)
+    assert np.mean(walk_max) < 0.8 * np.mean(swap_max)
+    assert sum(w < s for w, s in zip(walk_max, swap_max, strict=True)) >= 0.8 * pairs

@@ -4,8 +4,8 @@ Both images are tokenized; with --method walk every token then moves along a sho
 the map to its counterpart in the other image, one neighbouring code per frame, and the frames are
 decoded. --method swap (tokens switch in random order) and --method latent (code vectors mixed,
 then quantised again) are the baselines to compare against. Prints the smoothness of the chosen
-method and of token swap: the mean RMS pixel change between consecutive frames and the largest
-change of any one pixel (pixels in [0, 1]; smaller is smoother).
+method and of token swap: the largest change of any one pixel between consecutive frames (the
+worst jump) and the mean pixel change (pixels in [0, 1]).
 
 Example: somtok interpolate cat.png dog.png -o walk.gif   (also writes walk.png)
 """
@@ -83,8 +83,8 @@ def run(args) -> int:
     for method, score in scores.items():
         role = "" if method == args.method else " (baseline)"
         print(
-            f"{method}{role}: {len(score.steps) + 1} frames, change between frames: "
-            f"mean RMS {score.mean:.4f}, largest pixel {score.max:.4f}"
+            f"{method}{role}: {len(score.steps) + 1} frames; pixel change between frames: "
+            f"largest {score.max:.4f}, mean {score.mean:.4f}"
         )
     print(f"wrote {gif_path} and {strip_path}")
     return 0

@@ -49,6 +49,9 @@ NO_CLASS = "none"
 EXAMPLE_PAIRS = 4
 USAGE_IMAGES = 2000
 
+# The map-colour key in the Tokenize tab is about this many pixels along its longer side.
+MAP_KEY_PIXELS = 192
+
 # GIFs are written to a ring of this many file names: Gradio copies each into its own cache as
 # the request returns, so the app's folder never grows.
 GIF_RING = 16
@@ -57,7 +60,7 @@ GIF_RING = 16
 @dataclass
 class Scores:
     """Smoothness of one interpolation and of token swap between the same images (see
-    ``walk.smoothness``): mean RMS pixel change between frames, largest single-pixel change."""
+    ``walk.smoothness``): mean and largest pixel change between consecutive frames."""
 
     method: str
     frames: int
@@ -66,7 +69,7 @@ class Scores:
 
     def as_dict(self) -> dict[str, Any]:
         def numbers(score: walk.Smoothness) -> dict[str, float]:
-            return {"mean_rms_change": score.mean, "largest_pixel_change": score.max}
+            return {"mean_pixel_change": score.mean, "largest_pixel_change": score.max}
 
         return {
             "method": self.method,
@@ -484,10 +487,12 @@ def build_app(app: SomtokApp):
     return demo
 
 
-def _image_input(label: str):
+def _image_input(label: str, elem_id: str):
     import gradio as gr
 
-    return gr.Image(label=label, type="filepath", sources=["upload", "clipboard"], height=200)
+    return gr.Image(
+        label=label, type="filepath", sources=["upload", "clipboard"], height=200, elem_id=elem_id
+    )
 
 
 def _sample_tab(app: SomtokApp, tabs) -> None:
@@ -510,13 +515,25 @@ def _sample_tab(app: SomtokApp, tabs) -> None:
                 )
                 seed = gr.Number(0, label="seed", precision=0, minimum=0)
                 count = gr.Slider(1, limits.MAX_SAMPLES, value=8, step=1, label="count")
-                run = gr.Button("Sample", variant="primary", interactive=on)
+                run = gr.Button("Sample", variant="primary", interactive=on, elem_id="sample-run")
             with gr.Column(scale=2):
-                gallery = gr.Gallery(label="samples", columns=4, format="png", height="auto")
-                picked = gr.Image(label="picked sample", type="filepath", height=140)
+                gallery = gr.Gallery(
+                    label="samples",
+                    columns=4,
+                    format="png",
+                    height="auto",
+                    elem_id="sample-gallery",
+                )
+                picked = gr.Image(
+                    label="picked sample",
+                    type="filepath",
+                    height=140,
+                    interactive=False,
+                    elem_id="sample-picked",
+                )
                 with gr.Row():
-                    to_a = gr.Button("Use as image A")
-                    to_b = gr.Button("Use as image B")
+                    to_a = gr.Button("Use as image A", elem_id="sample-to-a")
+                    to_b = gr.Button("Use as image B", elem_id="sample-to-b")
         run.click(
             in_page(app.sample),
             [class_name, temperature, top_k, top_p, guidance, seed, count],
@@ -541,22 +558,27 @@ def _interpolate_tab(app: SomtokApp) -> None:
 
     with gr.Tab("Interpolate", id="interpolate"):
         with gr.Row():
-            image_a = _image_input("image A")
-            image_b = _image_input("image B")
-        pairs = app.example_pairs()
-        if pairs:
-            gr.Examples(pairs, [image_a, image_b], label="dataset examples")
+            image_a = _image_input("image A", "interpolate-a")
+            image_b = _image_input("image B", "interpolate-b")
         with gr.Row():
             steps = gr.Slider(
                 0, limits.MAX_FRAMES, value=0, step=1, label="frames (0: the whole walk)"
             )
             method = gr.Radio(list(walk.METHODS), value="walk", label="method", info=METHOD_HELP)
             seed = gr.Number(0, label="seed (swap order)", precision=0, minimum=0)
-        run = gr.Button("Interpolate", variant="primary")
+        run = gr.Button("Interpolate", variant="primary", elem_id="interpolate-run")
         with gr.Row():
             gif = gr.Image(label="animation", type="filepath", format="gif", height=200)
-            scores = gr.JSON(label="smoothness, pixels in [0, 1] (smaller: smoother)")
-        frames = gr.Gallery(label="frames", columns=8, format="png", height="auto")
+            scores = gr.JSON(
+                label="change between frames, pixels in [0, 1]",
+                elem_id="interpolate-scores",
+            )
+        frames = gr.Gallery(
+            label="frames", columns=8, format="png", height="auto", elem_id="interpolate-frames"
+        )
+        pairs = app.example_pairs()
+        if pairs:
+            gr.Examples(pairs, [image_a, image_b], label="dataset examples")
         run.click(
             in_page(app.interpolate),
             [image_a, image_b, steps, method, seed],
@@ -591,11 +613,11 @@ def _map_tab(app: SomtokApp) -> None:
             "images use each code; and the U-matrix, the mean distance of each code to its map "
             "neighbours (dark valleys inside regions, bright ridges between them)."
         )
-        run = gr.Button("Draw the map")
+        run = gr.Button("Draw the map", elem_id="map-run")
         with gr.Row():
-            atlas = gr.Image(label="codebook atlas", format="png")
+            atlas = gr.Image(label="codebook atlas", format="png", elem_id="map-atlas")
             usage = gr.Image(label="usage", format="png")
-            umatrix = gr.Image(label="U-matrix", format="png")
+            umatrix = gr.Image(label="U-matrix", format="png", elem_id="map-umatrix")
     gr.on(
         [tab.select, run.click],
         in_page(app.map_views),
@@ -610,18 +632,21 @@ def _tokenize_tab(app: SomtokApp) -> None:
 
     with gr.Tab("Tokenize", id="tokenize"):
         with gr.Row():
-            image = _image_input("image")
+            image = _image_input("image", "tokenize-image")
             with gr.Column():
                 gr.Markdown("Tokens in map colours (the map's own colours below).")
                 gr.Image(
-                    render.map_key(app.grid, 8), label="map colours", height=140, interactive=False
+                    render.map_key(app.grid, max(1, MAP_KEY_PIXELS // max(app.grid.shape))),
+                    label="map colours",
+                    height=140,
+                    interactive=False,
                 )
-        run = gr.Button("Tokenize", variant="primary")
+        run = gr.Button("Tokenize", variant="primary", elem_id="tokenize-run")
         with gr.Row():
             seen = gr.Image(label="input (as the tokenizer sees it)", format="png")
             tokens = gr.Image(label="token grid", format="png")
             recon = gr.Image(label="reconstruction", format="png")
-            score = gr.Textbox(label="PSNR")
+            score = gr.Textbox(label="PSNR", elem_id="tokenize-psnr")
         run.click(
             in_page(_tokenize_for_page(app)),
             image,
@@ -649,14 +674,14 @@ def _shift_tab(app: SomtokApp) -> None:
             "well-ordered map the image changes gradually; on an unordered codebook it scrambles."
         )
         with gr.Row():
-            image = _image_input("image")
+            image = _image_input("image", "shift-image")
             with gr.Column():
                 rows = gr.Slider(-limit, limit, value=1, step=1, label="rows (down)")
                 cols = gr.Slider(-limit, limit, value=1, step=1, label="columns (right)")
-                run = gr.Button("Shift", variant="primary")
+                run = gr.Button("Shift", variant="primary", elem_id="shift-run")
         with gr.Row():
             original = gr.Image(label="reconstruction", format="png")
-            shifted = gr.Image(label="shifted", format="png")
+            shifted = gr.Image(label="shifted", format="png", elem_id="shift-shifted")
     gr.on(
         [run.click, rows.release, cols.release],
         in_page(app.shift),

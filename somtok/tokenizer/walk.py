@@ -27,11 +27,12 @@ METHODS = ("walk", "swap", "latent")
 
 
 class Smoothness(NamedTuple):
-    """How much a sequence of decoded frames jumps, on [0, 1] pixels (smaller: smoother).
+    """How much a sequence of decoded frames changes from frame to frame, on [0, 1] pixels.
 
-    ``steps`` holds, per pair of consecutive frames, the root-mean-square pixel change; ``mean``
-    is its mean over the pairs, and ``max`` the largest change of any one pixel between any two
-    consecutive frames. Both are 0.0 for a single frame.
+    ``mean``: the mean absolute pixel change between consecutive frames (how far the picture
+    moves per frame); ``max``: the largest change of any one pixel between any two consecutive
+    frames (the worst jump). ``steps``: the mean absolute change of each pair of consecutive
+    frames. All zero for a single frame.
     """
 
     mean: float
@@ -264,16 +265,15 @@ def decode_frames(tokenizer: SomTokenizer, frames: torch.Tensor) -> torch.Tensor
 
 
 def smoothness(images: torch.Tensor) -> Smoothness:
-    """The RMS pixel change between consecutive frames (mean over frames) and the largest
-    change of a single pixel.
+    """The mean and the largest pixel change between consecutive frames.
 
     images: float (F, C, H, W) in [0, 1] (uint8 is scaled by 1/255).
 
-    Why not the mean absolute change: it adds up, so every sequence that takes each pixel
-    monotonically from A to B in F frames scores the same, and token swap (a random 1 / (F - 1)
-    of the positions jumping all the way at each frame) ties with a walk that moves every
-    position a little. The root mean square and the largest change weigh a few abrupt jumps
-    above many small steps, as the eye does.
+    The two say different things. The mean adds up: a sequence that takes every pixel
+    straight from A to B has the same mean whether it moves all pixels a little at each frame
+    or flips a few all the way, and a walk through intermediate codes moves more in total than
+    a direct jump. The largest change tells the two apart: a walk over an ordered map makes no
+    jump larger than one neighbouring code's, token swap replaces whole patches at once.
     """
     images = torch.as_tensor(images)
     if images.dtype == torch.uint8:
@@ -282,6 +282,6 @@ def smoothness(images: torch.Tensor) -> Smoothness:
         raise SomtokError(f"images must be (F, C, H, W); got shape {tuple(images.shape)}")
     if len(images) < 2:
         return Smoothness(0.0, 0.0, torch.zeros(0))
-    diffs = (images[1:].float() - images[:-1].float()).flatten(1)  # (F - 1, C * H * W)
-    steps = diffs.pow(2).mean(dim=1).sqrt()  # (F - 1,)
-    return Smoothness(float(steps.mean()), float(diffs.abs().max()), steps)
+    diffs = (images[1:].float() - images[:-1].float()).abs().flatten(1)  # (F - 1, C * H * W)
+    steps = diffs.mean(dim=1)  # (F - 1,)
+    return Smoothness(float(steps.mean()), float(diffs.max()), steps)
