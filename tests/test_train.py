@@ -282,11 +282,11 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
 
 
 def _run(args: list[str], env: dict[str, str]) -> None:
-    done = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def _wait_for_step(metrics: Path, step: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+def _wait_for_step(metrics: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the training process ended before it could be killed"

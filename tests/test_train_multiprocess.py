@@ -1,9 +1,11 @@
 """Two CPU processes under a real ``accelerate launch`` train the same tokenizer as one process.
 
-Tolerance: with the same global batch the two runs take the same optimiser steps on the same
-images; only the order of float additions differs (each process averages its half of the batch,
-then DDP averages the halves). After a few steps the validation metrics agree to
-``RELATIVE_TOLERANCE`` (measured: see the test).
+With the same global batch the two runs take the same optimiser steps on the same images; only
+the order of float additions differs (each process averages its half of the batch, then DDP
+averages the halves; codebook statistics are summed over processes). Measured after 6 steps of
+the tiny preset: validation MSE equal to 1e-10 relative, perplexity, codes used and topographic
+error identical, weights within 3e-6. The tolerances below leave room for one latent vector
+choosing another code after such rounding (1 of 2048 vectors).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from somtok import training
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 6
-RELATIVE_TOLERANCE = 1e-3
+MSE_TOLERANCE = 1e-5  # relative
+PERPLEXITY_TOLERANCE = 1e-3  # relative
+TOPOGRAPHIC_TOLERANCE = 2e-3  # absolute: 4 of the 2048 validation vectors
 
 SETTINGS = [
     "--data", "sample", "--preset", "tiny", "--limit", "64", "--eval-limit", "32",
@@ -55,7 +59,7 @@ def _launch(processes: int) -> list[str]:
 
 
 def _run(args: list[str], env: dict[str, str]) -> None:
-    done = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -81,6 +85,7 @@ def test_two_processes_keep_one_codebook_and_match_one_process(tmp_path):
     one = training.read_metrics(single / "metrics.jsonl", "val")[-1]
     two = training.read_metrics(double / "metrics.jsonl", "val")[-1]
     assert one["step"] == two["step"] == STEPS
-    for key in ("mse", "psnr", "perplexity", "topographic_error"):
-        assert two[key] == pytest.approx(one[key], rel=RELATIVE_TOLERANCE), key
-    assert abs(two["codes_used"] - one["codes_used"]) <= 2
+    assert two["mse"] == pytest.approx(one["mse"], rel=MSE_TOLERANCE)
+    assert two["perplexity"] == pytest.approx(one["perplexity"], rel=PERPLEXITY_TOLERANCE)
+    assert abs(two["topographic_error"] - one["topographic_error"]) <= TOPOGRAPHIC_TOLERANCE
+    assert abs(two["codes_used"] - one["codes_used"]) <= 1
