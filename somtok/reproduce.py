@@ -10,6 +10,7 @@ each claim.
 The output folder OUT holds one sweep::
 
     OUT/sweep.json              the settings every run of OUT shares (data, preset, steps, ...)
+    OUT/sweep.lock              held while a sweep runs, so that two cannot run on one OUT
     OUT/<setting>-seed<k>/      a training run folder (see ``somtok.training``), plus
         reproduce.json          the final measurements; written last, it marks the run finished
         reproduce-failed.json   written instead when training diverged (a finding, not a crash)
@@ -25,11 +26,13 @@ Shapes: B images, h w token grid, K codes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -49,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path("runs/reproduce")
 SWEEP_FILE = "sweep.json"
+LOCK_FILE = "sweep.lock"
 RECORD_FILE = "reproduce.json"
 FAILED_FILE = "reproduce-failed.json"
 ATLAS_FILE = "final_atlas.png"
@@ -254,27 +258,50 @@ def read_rows(path: Path, split: str) -> list[dict[str, Any]]:
 def run_sweep(config: SweepConfig) -> list[RunSpec]:
     """Train and measure every planned run that is not finished or failed; return the plan.
 
-    Raises SomtokError when OUT holds a sweep with other shared settings.
+    Raises SomtokError when OUT holds a sweep with other shared settings, or when another
+    process is running a sweep on OUT.
     """
     check_sweep_file(config)
     runs = plan(config.settings(), config.seeds)
     test_images = None
-    for number, spec in enumerate(runs, start=1):
-        folder = config.out / spec.name
-        state = run_state(folder, config.steps)
-        if state.status in ("finished", "failed"):
-            why = f"{state.status}, skipped (delete {folder} to train it again)"
-            logger.info("run %d/%d %s: %s", number, len(runs), spec.name, why)
-            continue
-        logger.info("run %d/%d %s: %s", number, len(runs), spec.name, state.detail)
-        check_run_settings(folder, train_config(spec, config, folder, resume=True))
-        if not _trained(folder, config.steps) and not _train(spec, config, folder):
-            continue
-        if test_images is None:
-            test_images = load_test_images(config)
-        record = measure(folder, spec, config, test_images)
-        training.write_json(folder / RECORD_FILE, record)
+    with sweep_lock(config.out):
+        for number, spec in enumerate(runs, start=1):
+            folder = config.out / spec.name
+            state = run_state(folder, config.steps)
+            if state.status in ("finished", "failed"):
+                why = f"{state.status}, skipped (delete {folder} to train it again)"
+                logger.info("run %d/%d %s: %s", number, len(runs), spec.name, why)
+                continue
+            logger.info("run %d/%d %s: %s", number, len(runs), spec.name, state.detail)
+            check_run_settings(folder, train_config(spec, config, folder, resume=True))
+            if not _trained(folder, config.steps) and not _train(spec, config, folder):
+                continue
+            if test_images is None:
+                test_images = load_test_images(config)
+            record = measure(folder, spec, config, test_images)
+            training.write_json(folder / RECORD_FILE, record)
     return runs
+
+
+@contextlib.contextmanager
+def sweep_lock(out: Path) -> Iterator[None]:
+    """Hold OUT/sweep.lock: two sweeps on one folder would train the same run twice at once.
+
+    An advisory lock of the operating system, released when the process ends however it ends.
+    It cannot see runs trained by hand (``somtok train-tokenizer``) into OUT meanwhile.
+    """
+    with open(out / LOCK_FILE, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise SomtokError(
+                f"another `somtok reproduce` is running on {str(out)!r}; expected one sweep per "
+                "--out at a time (--report-only may run beside it)"
+            ) from err
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def check_sweep_file(config: SweepConfig) -> None:

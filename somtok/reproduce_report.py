@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from somtok import training
 from somtok.reproduce import (
@@ -50,6 +50,7 @@ from somtok.reproduce import (
     run_state,
     write_text,
 )
+from somtok.tokenizer import plots
 
 # "Within x % of its best": the two thresholds of the issue.
 NEAR_BEST = (0.10, 0.20)
@@ -60,9 +61,16 @@ COMPARABLE = 0.05
 # N0 = 0 "hurts" a quantiser when it raises the final MSE by more than 10 %.
 HURT = 0.10
 
-STRIP_TITLE = f"columns: image, reconstruction (shift 0), shifts 1..{SHIFT_STRIP_MAX}"
-# Width of one picture in a row of panels, in inches.
-PANEL_WIDTH = 4.5
+# Pictures side by side: the settings shown, titles, and the layout in pixels.
+ATLAS_SETTINGS = (EMA, KSOM, EMA_N0_ZERO, KSOM_N0_ZERO)
+ATLAS_TITLE = "Codebook atlases: every code decoded as a uniform token grid, at its map position"
+# Atlases at half size: full-size decodes are textured and barely compress (about 0.5 MB each
+# as PNG); the full ones stay in each run's plots/final_atlas.png.
+ATLAS_ZOOM = 0.5
+STRIP_TITLE = f"Columns: image, reconstruction (shift 0), shifts 1..{SHIFT_STRIP_MAX}"
+FONT_SIZE = 14
+LINE_HEIGHT = 22
+GAP = 12
 
 HOLDS, FAILS, PARTLY, UNJUDGED = "holds here", "does not hold here", "partly", "not judged"
 
@@ -317,6 +325,8 @@ def claim_speed(table: dict[str, Group]) -> Claim:
         f"{steps[first]}, {100 * gap[last]:+.1f} % at step {steps[last]} (negative: KSOM "
         "lower). 'Clearly' below means the ±1 std bands over seeds do not overlap."
     )
+    if min(ema.seeds, ksom.seeds) < 2:
+        evidence += " With a single seed the bands are empty: this compares single runs."
     early, late = _clearly_below(ksom, ema, first), _clearly_below(ksom, ema, last)
     if not early:
         return Claim(title, FAILS, evidence + " KSOM is not clearly ahead at the first check.")
@@ -447,28 +457,41 @@ def _legend(group: Group, curve: Curve) -> str:
 
 
 def panels_plot(
-    table: dict[str, Group], names: Sequence[str], file: str, title: str, path: Path
+    table: dict[str, Group], names: Sequence[str], file: str, title: str, path: Path, zoom: float
 ) -> bool:
-    """Seed-0 pictures ``file`` of the runs of ``names`` side by side; False if none exist."""
+    """Seed-0 pictures ``file`` of the runs of ``names`` side by side; False if none exist.
+
+    A ``zoom`` above 1 repeats pixels (no smoothing); below 1 it averages boxes of them.
+    """
     found = []
     for name in names:
         view = _seed_zero(table, name)
         if view is not None:
-            picture = Image.open(view.folder / "plots" / file)
-            found.append((table[name].setting.label, np.asarray(picture.convert("RGB"))))
+            picture = Image.open(view.folder / "plots" / file).convert("RGB")
+            size = (round(picture.width * zoom), round(picture.height * zoom))
+            how = Image.Resampling.NEAREST if zoom >= 1 else Image.Resampling.BOX
+            found.append((f"{table[name].setting.label}, seed 0", picture.resize(size, how)))
     if not found:
         return False
-    plt = _pyplot()
-    aspect = max(pixels.shape[0] / pixels.shape[1] for _, pixels in found)
-    size = (PANEL_WIDTH * len(found), PANEL_WIDTH * aspect + 0.8)  # inches, room for titles
-    fig, axes = plt.subplots(1, len(found), figsize=size, squeeze=False, layout="constrained")
-    for ax, (label, pixels) in zip(axes[0], found, strict=True):
-        ax.imshow(pixels, interpolation="nearest")
-        ax.set_title(f"{label}, seed 0", fontsize=10)
-        ax.axis("off")
-    fig.suptitle(title, fontsize=11)
-    _save_figure(fig, path)
+    plots.save_png(side_by_side(found, title), path)
     return True
+
+
+def side_by_side(pictures: Sequence[tuple[str, Image.Image]], title: str) -> Image.Image:
+    """Labelled pictures in a row on white, under a title line."""
+    font = ImageFont.load_default(size=FONT_SIZE)
+    width = sum(p.width for _, p in pictures) + GAP * (len(pictures) + 1)
+    width = max(width, round(font.getlength(title)) + 2 * GAP)
+    top = 2 * LINE_HEIGHT
+    canvas = Image.new("RGB", (width, top + max(p.height for _, p in pictures) + GAP), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((GAP, GAP // 2), title, fill="black", font=font)
+    left = GAP
+    for label, picture in pictures:
+        draw.text((left, LINE_HEIGHT + GAP // 2), label, fill="black", font=font)
+        canvas.paste(picture, (left, top))
+        left += picture.width + GAP
+    return canvas
 
 
 def _seed_zero(table: dict[str, Group], name: str) -> RunView | None:
@@ -529,17 +552,17 @@ def _write_plots(table: dict[str, Group], assets: Path) -> list[tuple[str, str]]
             lambda p: curve_plot(table, "perplexity", "perplexity", p, log=False),
         ),
         (
-            "Codebook atlases: each code decoded as a uniform token grid, at its map position",
+            "Codebook atlases at half size (full size: plots/final_atlas.png in each run)",
             "atlases.png",
             lambda p: panels_plot(
-                table, [EMA, KSOM, EMA_N0_ZERO, KSOM_N0_ZERO], ATLAS_FILE, "codebook atlas", p
+                table, ATLAS_SETTINGS, ATLAS_FILE, ATLAS_TITLE, p, zoom=ATLAS_ZOOM
             ),
         ),
         (
             "Shift strips: test image, its reconstruction, then every token shifted by "
             f"1..{SHIFT_STRIP_MAX} cells on both axes",
             "shift_strips.png",
-            lambda p: panels_plot(table, [EMA, KSOM], STRIP_FILE, STRIP_TITLE, p),
+            lambda p: panels_plot(table, [EMA, KSOM], STRIP_FILE, STRIP_TITLE, p, zoom=2),
         ),
     ]
     for caption, file, draw in plots:
@@ -560,7 +583,7 @@ def document(
     parts = [_header(config, views, finished), _setting_text(config, finished)]
     parts.append("## Table\n\n" + markdown_table(table))
     parts.append(
-        f"\nAs CSV: [`{assets}/results.csv`]({assets}/results.csv) (per setting), "
+        f"As CSV: [`{assets}/results.csv`]({assets}/results.csv) (per setting), "
         f"[`{assets}/runs.csv`]({assets}/runs.csv) (per run).\n"
     )
     parts.append(_claims_text(table, config.steps))

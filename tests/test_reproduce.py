@@ -100,6 +100,13 @@ def test_a_sweep_folder_keeps_its_settings(tmp_path):
         reproduce.run_sweep(changed)
 
 
+def test_one_sweep_per_folder_at_a_time(tmp_path):
+    with reproduce.sweep_lock(tmp_path), pytest.raises(SomtokError, match="another"):
+        reproduce.run_sweep(SweepConfig(out=tmp_path, **TINY))
+    with reproduce.sweep_lock(tmp_path):  # released
+        pass
+
+
 def test_runs_trained_by_hand_must_match_the_sweep(tmp_path):
     config = SweepConfig(out=tmp_path, **TINY)
     spec = RunSpec(_setting("ksom-hard-n0=1"), 0)
