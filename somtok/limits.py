@@ -19,3 +19,8 @@ DECODE_BATCH_SIZE = 256
 # The app: at most this many samples or frames per request.
 MAX_SAMPLES = 64
 MAX_FRAMES = 64
+
+# The app's request queue: one request runs at a time (it already keeps both cores busy) and at
+# most this many wait; beyond that Gradio answers "queue full" at once. 100 people pressing a
+# button together fit (tests/test_server_load.py); each waits for those ahead of it.
+MAX_QUEUED_REQUESTS = 128

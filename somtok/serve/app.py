@@ -701,7 +701,7 @@ def launch(app: SomtokApp, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, b
     """
     demo = build_app(app)
     # One request at a time: the CPU's cores already work on each one.
-    demo.queue(default_concurrency_limit=1, max_size=64)
+    demo.queue(default_concurrency_limit=1, max_size=limits.MAX_QUEUED_REQUESTS)
     try:
         demo.launch(
             server_name=host,
