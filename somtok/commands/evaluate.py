@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from somtok import paths
     from somtok.fileio import atomic_output, check_writable
     from somtok.tokenizer.data import load_images
     from somtok.tokenizer.evaluate import evaluate_tokenizer
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     found = load_images(args.data, args.split, tokenizer.config.image_size, args.limit)
     metrics = evaluate_tokenizer(tokenizer, found.images, progress=True)
     report = {
-        "tokenizer": str(args.tokenizer or "checkpoints/tokenizer"),
+        "tokenizer": str(args.tokenizer or paths.DEFAULT_TOKENIZER),
         "tokenizer_id": tokenizer.tokenizer_id,
         "data": args.data,
         "split": args.split,
