@@ -168,6 +168,14 @@ def test_shift_by_zero_is_the_reconstruction(app, pictures):
         app.shift(str(pictures / "rgb.png"), 99, 0)
 
 
+def test_examples_are_pairs_of_dataset_images(app):
+    pairs = app.example_pairs()
+    assert len(pairs) == 4 and all(len(pair) == 2 for pair in pairs)
+    for path in (p for pair in pairs for p in pair):
+        with Image.open(path) as picture:
+            assert picture.size == (32, 32) and picture.mode == "RGB"
+
+
 def test_map_views_are_pictures(app):
     atlas, usage, umatrix = app.map_views()
     assert all(isinstance(p, Image.Image) and p.mode == "RGB" for p in (atlas, usage, umatrix))

@@ -52,9 +52,18 @@ def _chromium() -> tuple[str, str]:
     return browser, driver
 
 
-@pytest.fixture(scope="module")
-def url():
-    """The app with a random-init tiny tokenizer and prior, on a free port of 127.0.0.1."""
+def _models():
+    """The shipped tokenizer and prior where both are there and match (real pictures in the
+    screenshots), else a random-init tiny tokenizer and prior."""
+    from somtok.errors import SomtokError
+    from somtok.serve.app import load_models
+
+    try:
+        tokenizer, prior, _ = load_models(None, None)
+    except SomtokError:
+        prior = None
+    if prior is not None:
+        return tokenizer, prior
     torch.manual_seed(0)
     tokenizer = SomTokenizer(TokenizerConfig.from_preset("tiny")).eval()
     config = PriorConfig.from_preset(
@@ -63,10 +72,16 @@ def url():
         codebook_size=tokenizer.codebook_size,
         latent_shape=tokenizer.config.latent_shape,
     )
+    return tokenizer, SomPrior(config).eval()
+
+
+@pytest.fixture(scope="module")
+def url():
+    """The app on a free port of 127.0.0.1."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    demo = launch(SomtokApp(tokenizer, SomPrior(config).eval()), port=port, block=False)
+    demo = launch(SomtokApp(*_models()), port=port, block=False)
     yield demo.local_url
     demo.close()
 
@@ -95,10 +110,14 @@ def browser():
 
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory) -> str:
-    """An RGBA 64 x 48 image: the page must conform it, not refuse it."""
-    rng = np.random.default_rng(1)
+    """A CIFAR-10 test image of the bundled sample as a 96 x 96 RGBA PNG: the page must
+    conform it (RGB, 32 x 32), not refuse it."""
+    from somtok.tokenizer.data import load_images
+
+    pixels = load_images("sample", "test", 32, limit=8).images[7]  # (3, 32, 32)
+    picture = Image.fromarray(np.moveaxis(np.array(pixels), 0, -1)).resize((96, 96))
     path = tmp_path_factory.mktemp("upload") / "photo.png"
-    Image.fromarray(rng.integers(0, 256, (48, 64, 4), dtype=np.uint8)).save(path)
+    picture.convert("RGBA").save(path)
     return str(path)
 
 
@@ -168,6 +187,11 @@ def test_sample_interpolate_and_every_tab_in_chromium(url, browser, photo):
     page.until("#interpolate-frames img", count=2)
     page.wait.until(lambda _: "mean_pixel_change" in page.find("#interpolate-scores")[0].text)
     shots.append(page.shot("2-interpolate"))
+
+    # A dataset example fills both inputs.
+    before = page.find("#interpolate-b img")[0].get_attribute("src")
+    page.until("#interpolate-examples tbody tr")[0].click()
+    page.wait.until(lambda _: page.find("#interpolate-b img")[0].get_attribute("src") != before)
 
     page.tab("Map")
     page.until("#map-atlas img")

@@ -44,13 +44,18 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 NO_CLASS = "none"
 
-# Dataset pictures offered as ready-made interpolation pairs, and how many dataset images the
-# usage heat map counts codes over (a few thousand settle the picture; more only costs time).
+# Dataset pictures offered as ready-made interpolation pairs (classes of similar shape, where
+# the dataset has them), and how many dataset images the usage heat map counts codes over (a
+# few thousand settle the picture; more only costs time).
 EXAMPLE_PAIRS = 4
+EXAMPLE_CLASSES = (("cat", "dog"), ("airplane", "ship"), ("automobile", "truck"), ("horse", "deer"))
 USAGE_IMAGES = 2000
 
 # The map-colour key in the Tokenize tab is about this many pixels along its longer side.
 MAP_KEY_PIXELS = 192
+
+# Digits of the smoothness numbers shown: enough to tell methods apart.
+SCORE_DIGITS = 4
 
 # GIFs are written to a ring of this many file names: Gradio copies each into its own cache as
 # the request returns, so the app's folder never grows.
@@ -69,7 +74,10 @@ class Scores:
 
     def as_dict(self) -> dict[str, Any]:
         def numbers(score: walk.Smoothness) -> dict[str, float]:
-            return {"mean_pixel_change": score.mean, "largest_pixel_change": score.max}
+            return {
+                "mean_pixel_change": round(score.mean, SCORE_DIGITS),
+                "largest_pixel_change": round(score.max, SCORE_DIGITS),
+            }
 
         return {
             "method": self.method,
@@ -141,7 +149,7 @@ class SomtokApp:
         atexit.register(shutil.rmtree, self.workdir, ignore_errors=True)
         self._gif_names = itertools.cycle(range(GIF_RING))
         self._map_views: tuple[Image.Image, Image.Image, Image.Image] | None = None
-        self._dataset_images = None
+        self._dataset = None  # data.ImageSet, read on first use
 
     # ---- reading what a user sent ----
 
@@ -322,30 +330,40 @@ class SomtokApp:
 
     def dataset_images(self) -> np.ndarray | None:
         """uint8 (N, 3, size, size) test images of ``dataset``, or None where it cannot be read."""
-        if self._dataset_images is None and self.dataset is not None:
+        if self._dataset is None and self.dataset is not None:
             from somtok.tokenizer.data import load_images
 
             try:
-                found = load_images(self.dataset, "test", self.size, limit=USAGE_IMAGES)
+                self._dataset = load_images(self.dataset, "test", self.size, limit=USAGE_IMAGES)
             except SomtokError as err:
                 logger.warning("no dataset images for the app: %s", err)
                 self.dataset = None
-                return None
-            self._dataset_images = found.images
-        return self._dataset_images
+        return None if self._dataset is None else self._dataset.images
 
     def example_pairs(self) -> list[list[str]]:
-        """A few pairs of dataset images written as PNGs, for the Interpolate tab's examples."""
+        """Pairs of dataset images written as PNGs, for the Interpolate tab's examples.
+
+        Pairs of classes that share a shape (cat and dog, ...) where the dataset has them,
+        else consecutive images.
+        """
         pictures = self.dataset_images()
         if pictures is None or len(pictures) < 2:
             return []
-        count = min(EXAMPLE_PAIRS, len(pictures) // 2)
+        picks = self._example_picks() or list(range(2 * min(EXAMPLE_PAIRS, len(pictures) // 2)))
         files = []
-        for i in range(2 * count):
-            path = self.workdir / f"example-{i}.png"
-            render.save_png(render.enlarge(np.moveaxis(pictures[i], 0, -1), 1), path)
-            files.append(str(path))
+        for i in picks:
+            files.append(str(self.workdir / f"example-{i}.png"))
+            render.save_png(np.moveaxis(np.asarray(pictures[i]), 0, -1), files[-1])
         return [files[i : i + 2] for i in range(0, len(files), 2)]
+
+    def _example_picks(self) -> list[int]:
+        """Indices of the first image of each class in ``EXAMPLE_CLASSES`` (empty if missing)."""
+        labels, names = self._dataset.labels, self._dataset.class_names or []
+        if labels is None or not all(n in names for pair in EXAMPLE_CLASSES for n in pair):
+            return []
+        firsts = {int(label): i for i, label in reversed(list(enumerate(labels)))}
+        wanted = [names.index(n) for pair in EXAMPLE_CLASSES for n in pair]
+        return [firsts[c] for c in wanted] if all(c in firsts for c in wanted) else []
 
     # ---- Tokenize and Shift ----
 
@@ -520,6 +538,7 @@ def _sample_tab(app: SomtokApp, tabs) -> None:
                 gallery = gr.Gallery(
                     label="samples",
                     columns=4,
+                    fit_columns=False,
                     format="png",
                     height="auto",
                     elem_id="sample-gallery",
@@ -574,11 +593,17 @@ def _interpolate_tab(app: SomtokApp) -> None:
                 elem_id="interpolate-scores",
             )
         frames = gr.Gallery(
-            label="frames", columns=8, format="png", height="auto", elem_id="interpolate-frames"
+            label="frames",
+            columns=8,
+            fit_columns=False,
+            format="png",
+            elem_id="interpolate-frames",
         )
         pairs = app.example_pairs()
         if pairs:
-            gr.Examples(pairs, [image_a, image_b], label="dataset examples")
+            gr.Examples(
+                pairs, [image_a, image_b], label="dataset examples", elem_id="interpolate-examples"
+            )
         run.click(
             in_page(app.interpolate),
             [image_a, image_b, steps, method, seed],
