@@ -259,9 +259,21 @@ def run_sweep(config: SweepConfig) -> list[RunSpec]:
     """Train and measure every planned run that is not finished or failed; return the plan.
 
     Raises SomtokError when OUT holds a sweep with other shared settings, or when another
-    process is running a sweep on OUT.
+    process is running a sweep on OUT. A sweep that fails before any run folder exists (a
+    mistyped --data, say) takes its new sweep.json away again, so that a corrected retry is not
+    refused for differing from it.
     """
+    fresh = not (config.out / SWEEP_FILE).is_file()
     check_sweep_file(config)
+    try:
+        return _run_planned(config)
+    except BaseException:
+        if fresh and not any(p.is_dir() for p in config.out.iterdir()):
+            (config.out / SWEEP_FILE).unlink(missing_ok=True)
+        raise
+
+
+def _run_planned(config: SweepConfig) -> list[RunSpec]:
     runs = plan(config.settings(), config.seeds)
     test_images = None
     with sweep_lock(config.out):

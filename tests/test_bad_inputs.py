@@ -250,6 +250,18 @@ def test_training_commands_refuse_data_they_cannot_read(corpus, tmp_path, capsys
     assert_user_error(cli(capsys, "train-tokenizer", "--resume", *common), "--resume")
 
 
+def test_a_sweep_that_cannot_start_binds_nothing(corpus, tmp_path, capsys):
+    """`somtok reproduce` with unreadable --data fails, and a retry with other data is judged on
+    that data, not refused for differing from the failed start."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "notes.png").write_bytes(corpus.images["notes.png"].path.read_bytes())
+    sweep = ["reproduce", "--out", tmp_path / "sweep", "--steps", 1, "--preset", "tiny"]
+    assert_user_error(cli(capsys, *sweep, "--data", bad), "no readable image")
+    assert_user_error(cli(capsys, *sweep, "--data", tmp_path / "nowhere"), "does not exist")
+    assert not (tmp_path / "sweep" / "sweep.json").exists()
+
+
 # ---- token files ----
 
 
@@ -398,11 +410,12 @@ def test_pickle_weights_are_refused_even_beside_a_config(corpus):
 
 
 def test_outputs_land_only_where_asked(corpus, tmp_path, capsys, monkeypatch):
-    """Run from an empty working folder, each writing command leaves files only at its -o."""
+    """Run from an empty working folder, each writing command leaves files only at its -o (a
+    folder with spaces and non-ASCII in its name)."""
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)
-    out = tmp_path / "out"
+    out = tmp_path / "my out – été 猫"
     tok = ["--tokenizer", corpus.tokenizer]
     runs = [
         ["tokenize", corpus.good_image, "-o", out / "t.safetensors", *tok],
