@@ -15,7 +15,7 @@ from somtok import limits
 from somtok.cli import main
 from somtok.errors import SomtokError
 from somtok.prior.model import PriorConfig, SomPrior
-from somtok.serve.app import SomtokApp, launch, load_models, psnr
+from somtok.serve.app import SomtokApp, load_models, psnr
 from somtok.serve.render import FRAME_MS
 from somtok.tokenizer.model import SomTokenizer, TokenizerConfig
 
@@ -232,18 +232,50 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def client(app, tmp_path_factory):
+def server(checkpoints, tmp_path_factory):
+    """``somtok serve`` in a process of its own, on a free port; yields its URL."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    command = [sys.executable, "-m", "somtok", "serve", "--port", str(port)]
+    command += ["--tokenizer", str(checkpoints[0]), "--prior", str(checkpoints[1])]
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_for(url, process, log_path)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def _wait_for(url: str, process, log_path, timeout_s: float = 300) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"somtok serve exited: {log_path.read_text()}")
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    pytest.fail(f"somtok serve did not answer within {timeout_s} s: {log_path.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def client(server, tmp_path_factory):
     from gradio_client import Client
 
-    demo = launch(app, port=free_port(), block=False)
-    assert demo.server_name == "127.0.0.1"
-    yield Client(
-        demo.local_url,
-        verbose=False,
-        analytics_enabled=False,
-        download_files=str(tmp_path_factory.mktemp("downloads")),
-    )
-    demo.close()
+    folder = tmp_path_factory.mktemp("downloads")
+    return Client(server, verbose=False, analytics_enabled=False, download_files=str(folder))
 
 
 @pytest.mark.slow
@@ -289,3 +321,13 @@ def test_bad_inputs_are_errors_in_the_page_and_the_server_keeps_serving(client, 
 
     *_, score = client.predict(rgb, api_name="/tokenize")
     assert score.endswith(" dB")
+
+
+@pytest.mark.slow
+def test_a_taken_port_is_one_clear_error(server, checkpoints, capsys):
+    port = server.rstrip("/").rsplit(":", 1)[1]
+    tokenizer, prior = map(str, checkpoints)
+    args = ["serve", "--port", port, "--tokenizer", tokenizer, "--prior", prior, "--dataset", "x"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "another --port" in err and "\n" not in err

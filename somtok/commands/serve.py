@@ -40,6 +40,8 @@ def run(args) -> int:
     from somtok.errors import SomtokError
     from somtok.serve.app import SomtokApp, launch, load_models
 
+    # Gradio's own HTTP calls to itself would log a line each.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if not 0 < args.port < 65536:
         raise SomtokError(f"--port must be in 1..65535; got {args.port}")
     tokenizer, prior, note = load_models(args.tokenizer, args.prior)

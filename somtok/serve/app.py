@@ -720,13 +720,13 @@ def _shift_tab(app: SomtokApp) -> None:
 def launch(app: SomtokApp, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, block: bool = True):
     """Serve ``app`` on http://host:port; return the running ``gr.Blocks``.
 
-    With ``block`` False the call returns at once and the server runs in a thread (tests;
-    ``demo.close()`` stops it). Uploads beyond ``limits.MAX_FILE_BYTES`` are refused by Gradio
-    before any of our code runs. SomtokError when the port cannot be had.
+    With ``block`` the call serves until Ctrl+C; without, it returns at once and the server
+    runs in a thread (tests; ``demo.close()`` stops it). Uploads beyond ``limits.MAX_FILE_BYTES``
+    are refused by Gradio before any of our code runs. SomtokError when the port cannot be had.
     """
     demo = build_app(app)
     # One request at a time: the CPU's cores already work on each one.
-    demo.queue(default_concurrency_limit=1, max_size=limits.MAX_QUEUED_REQUESTS)
+    demo.queue(default_concurrency_limit=1, max_size=64)
     try:
         demo.launch(
             server_name=host,
@@ -735,10 +735,14 @@ def launch(app: SomtokApp, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, b
             ssr_mode=False,
             max_file_size=limits.MAX_FILE_BYTES,
             allowed_paths=[str(app.workdir)],
-            prevent_thread_lock=not block,
-            quiet=not block,
+            prevent_thread_lock=True,
+            quiet=True,
             footer_links=["api"],
         )
     except OSError as err:
         raise SomtokError(f"cannot serve on {host}:{port} ({err}); pick another --port") from err
+    logger.info("somtok app on %s", demo.local_url)
+    if block:
+        logger.info("press Ctrl+C to stop")
+        demo.block_thread()
     return demo
