@@ -6,7 +6,7 @@ the tabs out and turns SomtokError into ``gr.Error``, a message in the page, so 
 stops the server. ``launch`` serves it on 127.0.0.1 unless told otherwise.
 
 Uploads reach the methods as Gradio sent them (every image event runs with ``preprocess=False``)
-and are read here, by ``images.read_image``, with the limits of ``somtok.limits``: Gradio itself
+and are read here (``images.read_image_bytes``) within ``somtok.limits``: Gradio itself
 decodes nothing a user sent.
 
 Images shown in the page are uint8 (H, W, 3), enlarged ``scale`` times with nearest pixels.
@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -87,35 +87,37 @@ class Scores:
         }
 
 
-def load_models(tokenizer: str | None = None, prior: str | None = None):
+class Models(NamedTuple):
+    """What the app serves: the tokenizer, the prior (None: sampling off) and why it is None."""
+
+    tokenizer: Any  # SomTokenizer
+    prior: Any  # SomPrior | None
+    note: str
+
+
+def load_models(tokenizer: str | None = None, prior: str | None = None) -> Models:
     """The tokenizer and the prior the app serves, and why sampling is off if it is.
 
     tokenizer / prior: checkpoint folders (or Hub ids); None means the shipped ones. A bad
     tokenizer, or a bad or mismatched prior asked for by name, raises SomtokError. Without an
     explicit prior, a missing or mismatched shipped prior only turns sampling off.
-    Returns (SomTokenizer, SomPrior | None, note): ``note`` says why the prior is None.
     """
     from somtok.prior.model import load_prior
     from somtok.tokenizer.model import load_tokenizer
 
     model = load_tokenizer(tokenizer)
     if prior is None and not paths.DEFAULT_PRIOR.is_dir():
-        return (
-            model,
-            None,
-            (
-                f"no prior is shipped in {str(paths.DEFAULT_PRIOR)!r}; train one with "
-                "`somtok train-prior` and start the app with --prior"
-            ),
-        )
+        where = str(paths.DEFAULT_PRIOR)
+        note = f"no prior is shipped in {where!r}; train one with `somtok train-prior`"
+        return Models(model, None, f"{note} and start the app with --prior")
     try:
         loaded = load_prior(prior)
         loaded.check_tokenizer(model.tokenizer_id, "the app's tokenizer")
     except SomtokError as err:
         if prior is not None:
             raise SomtokError(f"--prior {prior!r}: {err}") from err
-        return model, None, f"the shipped prior cannot be used: {err}"
-    return model, loaded, ""
+        return Models(model, None, f"the shipped prior cannot be used: {err}")
+    return Models(model, loaded, "")
 
 
 class SomtokApp:
@@ -726,7 +728,7 @@ def launch(app: SomtokApp, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, b
     """
     demo = build_app(app)
     # One request at a time: the CPU's cores already work on each one.
-    demo.queue(default_concurrency_limit=1, max_size=64)
+    demo.queue(default_concurrency_limit=1, max_size=limits.MAX_QUEUED_REQUESTS)
     try:
         demo.launch(
             server_name=host,
