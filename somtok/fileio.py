@@ -19,7 +19,31 @@ def check_writable(path: str | os.PathLike, force: bool) -> Path:
         raise SomtokError(f"output {str(path)!r} already exists; pass --force to overwrite it")
     if path.is_dir():
         raise SomtokError(f"output {str(path)!r} is a folder; expected a file path")
+    check_folder(path.parent, f"output {str(path)!r}")
     return path
+
+
+def check_folder(folder: str | os.PathLike, what: str | None = None) -> Path:
+    """Return ``folder`` as a Path, refusing one that cannot be made or written to: a file in
+    its place or above it, or a nearest existing folder this process may not write in.
+
+    ``what`` names the output in the message (default: the folder itself).
+    """
+    folder = Path(folder)
+    what = what or f"output folder {str(folder)!r}"
+    for ancestor in (folder, *folder.parents):
+        if not ancestor.exists():
+            continue
+        if not ancestor.is_dir():
+            raise SomtokError(
+                f"{what} cannot be written: {str(ancestor)!r} is a file, not a folder"
+            )
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise SomtokError(
+                f"{what} cannot be written: no permission to write in {str(ancestor)!r}"
+            )
+        break
+    return folder
 
 
 @contextlib.contextmanager
@@ -29,8 +53,11 @@ def atomic_output(path: str | os.PathLike, force: bool = False) -> Iterator[Path
     A crash or an exception leaves no partial file behind: the temporary file is removed.
     """
     path = check_writable(path, force)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as err:  # what check_writable cannot foresee: a read-only or special file system
+        raise SomtokError(f"output {str(path)!r} cannot be written: {err.strerror or err}") from err
     os.close(fd)
     tmp = Path(tmp)
     try:

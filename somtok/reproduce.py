@@ -43,7 +43,7 @@ from einops import rearrange
 
 from somtok import training
 from somtok.errors import SomtokError
-from somtok.fileio import atomic_output
+from somtok.fileio import atomic_output, check_folder
 
 if TYPE_CHECKING:
     from somtok.tokenizer.train import TrainConfig
@@ -323,6 +323,7 @@ def check_sweep_file(config: SweepConfig) -> None:
     """
     path = config.out / SWEEP_FILE
     if not path.is_file():
+        check_folder(config.out, f"--out {str(config.out)!r}")
         config.out.mkdir(parents=True, exist_ok=True)
         training.write_json(path, config.shared())
         return

@@ -47,6 +47,7 @@ from accelerate.utils import (
 )
 
 from somtok.errors import SomtokError
+from somtok.fileio import check_folder
 
 logger = logging.getLogger(__name__)
 
@@ -92,13 +93,14 @@ class RunDir:
 
 
 def resolve_run_dir(run_dir: str | os.PathLike | None, name: str | None, default_name: str) -> Path:
-    """The run folder: ``run_dir`` if given, else ``runs/<name or default_name>``."""
+    """The run folder: ``run_dir`` if given, else ``runs/<name or default_name>``; SomtokError
+    if it cannot be made or written (a file in its place or above it, no permission)."""
     if run_dir is not None:
-        return Path(run_dir)
+        return check_folder(run_dir, f"run folder {str(run_dir)!r}")
     name = name or default_name
     if not name or "/" in name or "\\" in name or name in (".", ".."):
         raise SomtokError(f"--name {name!r} is not a plain folder name; expected e.g. 'ksom-32x16'")
-    return RUNS_ROOT / name
+    return check_folder(RUNS_ROOT / name, f"run folder {str(RUNS_ROOT / name)!r}")
 
 
 # --- accelerate -----------------------------------------------------------------------------

@@ -431,6 +431,29 @@ def test_outputs_land_only_where_asked(corpus, tmp_path, capsys, monkeypatch):
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "command",
+    ["tokenize", "detokenize", "sample", "interpolate", "evaluate", "train-tokenizer",
+     "train-prior", "reproduce"],
+)  # fmt: skip
+def test_outputs_that_cannot_be_made_are_one_line_errors(corpus, command, capsys):
+    """An output below a file (a mistyped path) is refused by name before any work."""
+    below = corpus.good_image / "out"
+    tok = ["--tokenizer", corpus.tokenizer]
+    argv = {
+        "tokenize": ["tokenize", corpus.good_image, "-o", below / "t.safetensors", *tok],
+        "detokenize": ["detokenize", corpus.good_tokens, "-o", below, *tok],
+        "sample": ["sample", "--prior", corpus.prior, "-o", below / "s.safetensors", *tok],
+        "interpolate": ["interpolate", corpus.good_image, corpus.good_image, "-o",
+                        below / "w.gif", *tok],
+        "evaluate": ["evaluate", "--json", below / "m.json", *tok],
+        "train-tokenizer": ["train-tokenizer", "--run-dir", below, "--steps", 1],
+        "train-prior": ["train-prior", "--run-dir", below, "--steps", 1, *tok],
+        "reproduce": ["reproduce", "--out", below, "--steps", 1, "--preset", "tiny"],
+    }[command]  # fmt: skip
+    assert_user_error(cli(capsys, *argv), str(corpus.good_image), "is a file, not a folder")
+
+
 # ---- from outside: real processes ----
 
 

@@ -30,12 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from somtok.errors import SomtokError
+    from somtok.fileio import check_folder
     from somtok.tokenizer.model import load_tokenizer
     from somtok.tokenizer.tokens import load_tokens
 
     folder = Path(args.output)
     if folder.exists() and not folder.is_dir():
         raise SomtokError(f"--output {args.output!r} is a file; expected a folder")
+    check_folder(folder)  # refuse before the work, not after
     tokenizer = load_tokenizer(args.tokenizer)
     tokens = load_tokens(args.tokens, tokenizer)
     targets = png_paths(tokens.names, folder)
