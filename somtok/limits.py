@@ -16,9 +16,13 @@ MAX_ASPECT_RATIO = 20.0
 ENCODE_BATCH_SIZE = 256
 DECODE_BATCH_SIZE = 256
 
-# The app: at most this many samples or frames per request.
+# The app: at most this many samples or frames per request (frames: `somtok interpolate` too).
 MAX_SAMPLES = 64
 MAX_FRAMES = 64
+
+# Enlargement of pictures for display (the app, `somtok interpolate --scale`): 16 shows a 32 x 32
+# image at 512 x 512; a typo of 1000 would ask for gigabytes per frame.
+MAX_DISPLAY_SCALE = 16
 
 # The app's request queue: one request runs at a time (it already keeps both cores busy) and at
 # most this many wait; beyond that Gradio answers "queue full" at once. 100 people pressing a

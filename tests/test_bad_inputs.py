@@ -185,6 +185,17 @@ def test_interpolate_meets_each_image(corpus, name, tmp_path, capsys):
         assert files_under(tmp_path) == ["walk.gif", "walk.png"]
 
 
+@pytest.mark.parametrize(
+    ("flags", "needle"), [(["--steps", 100_000], "at most"), (["--scale", 1000], "--scale")]
+)
+def test_interpolate_refuses_outsized_requests(corpus, flags, needle, tmp_path, capsys):
+    """A typo must not ask for 100,000 frames or gigabytes per frame (limits.py)."""
+    image, gif = corpus.good_image, tmp_path / "w.gif"
+    argv = ["interpolate", image, image, "-o", gif, "--tokenizer", corpus.tokenizer, *flags]
+    assert_user_error(cli(capsys, *argv), needle)
+    assert files_under(tmp_path) == []
+
+
 @pytest.mark.parametrize("name", IMAGES)
 def test_app_meets_each_image(corpus, app, name):
     """The app resizes any upload, so it meets the ``resized`` outcome, and names the file as

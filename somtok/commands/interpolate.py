@@ -47,6 +47,7 @@ def add_arguments(parser):
 def run(args) -> int:
     import torch
 
+    from somtok import limits
     from somtok.errors import SomtokError
     from somtok.fileio import atomic_output, check_writable
     from somtok.serve import render
@@ -58,9 +59,12 @@ def run(args) -> int:
     for path in (gif_path, strip_path):
         check_writable(path, args.force)
     if args.steps is not None:
-        walk.check_steps(args.steps)
-    if args.scale < 1 or args.frame_ms < 1:
-        raise SomtokError(f"--scale and --frame-ms must be >= 1; got {args.scale}, {args.frame_ms}")
+        walk.check_steps(args.steps, limits.MAX_FRAMES)
+    if not 1 <= args.scale <= limits.MAX_DISPLAY_SCALE or args.frame_ms < 1:
+        raise SomtokError(
+            f"--scale must be 1..{limits.MAX_DISPLAY_SCALE} and --frame-ms >= 1; got "
+            f"{args.scale}, {args.frame_ms}"
+        )
 
     tokenizer = load_tokenizer(args.tokenizer)
     size = tokenizer.config.image_size
