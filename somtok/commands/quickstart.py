@@ -13,11 +13,11 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-# The quick models: about two minutes of training on 2 CPU cores, enough for a map that is
+# The quick models: a few minutes of training on 2 CPU cores, enough for a map that is
 # visibly ordered and samples with some structure; see the README for better ones.
 QUICK_TOKENIZER_STEPS = 400
 QUICK_TOKENIZER_BATCH = 64
-QUICK_PRIOR_STEPS = 600
+QUICK_PRIOR_STEPS = 300
 QUICK_PRIOR_BATCH = 64
 
 
