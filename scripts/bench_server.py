@@ -35,7 +35,7 @@ import psutil
 
 from somtok import paths
 
-READY_TIMEOUT_S = 300  # starting the server imports torch, transformers and gradio
+READY_TIMEOUT_S = 900  # importing torch, transformers and gradio: minutes on a busy machine
 CLIENT_TIMEOUT_S = 600  # per HTTP call: a request may wait behind a hundred others
 MIB = 2**20
 KINDS = ("sample", "interpolate")
