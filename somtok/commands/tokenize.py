@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="compile the encoder first (5-20 s once, then ~1.3x faster: for 100,000+ images)",
+        help="compile the encoder first: up to a few minutes once, then up to 1.35x faster on "
+        "the CPU; worth it only for very many images",
     )
 
 

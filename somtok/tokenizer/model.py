@@ -392,11 +392,13 @@ class SomTokenizer(
     def optimize_for_inference(self) -> SomTokenizer:
         """Compile the encoder for many ``encode`` calls of full batches; returns ``self``.
 
-        Uses ``torch.compile`` with weight freezing (inductor): about 1.3x faster than the eager
-        channels-last path on the CPU, at the cost of a compilation (5-20 s) on the first full
-        batch. Only batches of ``limits.ENCODE_BATCH_SIZE`` images of ``image_size`` take the
-        compiled path; other shapes, training mode, or weights changed since compiling fall
-        back to the eager path, which gives the same indices up to float rounding.
+        Uses ``torch.compile`` with weight freezing (inductor). Measured on 2 shared CPU cores
+        (scripts/bench_tokenize.py): 1.0x to 1.35x the eager channels-last path, varying with
+        machine load, at the cost of a compilation on the first full batch (3 s with a warm
+        inductor cache, 30 s to 2 min cold). Only batches of ``limits.ENCODE_BATCH_SIZE``
+        images of ``image_size`` take the compiled path; other shapes, training mode, or
+        weights changed since compiling fall back to the eager path, which gives the same
+        indices up to float rounding.
         """
         self.eval()
         self._compiled = _CompiledEncoder(self)
