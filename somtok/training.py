@@ -406,3 +406,27 @@ class StepClock:
         rate = (step - self.step) / max(now - self.time, 1e-9)
         self.step, self.time = step, now
         return rate
+
+
+def config_from_args(config_class, args) -> Any:
+    """The training config a command's arguments ask for; with --resume, the saved run's too.
+
+    ``config_class`` is a dataclass with ``default_name()`` and ``from_dict``. Arguments left
+    at None are not given, so a resumed run keeps its saved value; ``--eval-limit 0`` means all.
+    """
+    fields = config_class.__dataclass_fields__
+    given = {k: v for k, v in vars(args).items() if v is not None and k in fields}
+    if given.get("eval_limit") == 0:
+        given["eval_limit"] = None
+    config = config_class(**given)
+    if not args.resume:
+        return config
+    root = resolve_run_dir(config.run_dir, config.name, config.default_name())
+    run = RunDir(root)
+    if not run.train_config.exists():
+        raise SomtokError(
+            f"--resume: no run at {str(root)!r} (missing train_config.json); "
+            "expected --run-dir or --name of an earlier run"
+        )
+    saved = read_json(run.train_config)["train"]
+    return config_class.from_dict({**saved, **given, "resume": True, "run_dir": str(root)})

@@ -68,39 +68,42 @@ def _fresh(folder: Path, retrain: bool) -> bool:
 def _quick_tokenizer(folder: Path, steps: int, retrain: bool) -> Path:
     from somtok.tokenizer.train import TrainConfig, train_tokenizer
 
-    if _fresh(folder, retrain):
-        logger.info("training a quick tokenizer on the bundled sample into %s", folder)
-        config = TrainConfig(
-            data="sample",
-            steps=steps,
-            batch_size=QUICK_TOKENIZER_BATCH,
-            eval_every=steps,
-            save_every=steps,
-            eval_limit=None,
-            run_dir=str(folder),
-            resume=(folder / "state").is_dir(),
-        )
-        train_tokenizer(config)
-    return folder
+    return _quick(
+        folder, retrain, "tokenizer", train_tokenizer, TrainConfig, steps, QUICK_TOKENIZER_BATCH
+    )
 
 
 def _quick_prior(folder: Path, tokenizer: Path, steps: int, retrain: bool) -> Path:
     from somtok.prior.train import PriorTrainConfig, train_prior
 
+    return _quick(
+        folder,
+        retrain,
+        "prior",
+        train_prior,
+        PriorTrainConfig,
+        steps,
+        QUICK_PRIOR_BATCH,
+        tokenizer=str(tokenizer),
+    )
+
+
+def _quick(folder, retrain, what, train, config_class, steps, batch_size, **extra) -> Path:
+    """Train ``what`` on the bundled sample into ``folder`` unless a finished one is there."""
     if _fresh(folder, retrain):
-        logger.info("training a quick prior on the bundled sample into %s", folder)
-        config = PriorTrainConfig(
-            tokenizer=str(tokenizer),
+        logger.info("training a quick %s on the bundled sample into %s", what, folder)
+        config = config_class(
             data="sample",
             steps=steps,
-            batch_size=QUICK_PRIOR_BATCH,
+            batch_size=batch_size,
             eval_every=steps,
             save_every=steps,
             eval_limit=None,
             run_dir=str(folder),
             resume=(folder / "state").is_dir(),
+            **extra,
         )
-        train_prior(config)
+        train(config)
     return folder
 
 

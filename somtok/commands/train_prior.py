@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 
-from somtok.errors import SomtokError
-
 # Kept here so that `somtok --help` need not import torch; a test checks them against
 # prior.model.PRESETS.
 PRESET_NAMES = ("tiny", "small", "base")
@@ -69,26 +67,7 @@ def build_config(args: argparse.Namespace):
     from somtok import training
     from somtok.prior.train import PriorTrainConfig
 
-    given = {
-        name: value
-        for name, value in vars(args).items()
-        if value is not None and name in PriorTrainConfig.__dataclass_fields__
-    }
-    if given.get("eval_limit") == 0:
-        given["eval_limit"] = None
-    config = PriorTrainConfig(**given)
-    if not args.resume:
-        return config
-    root = training.resolve_run_dir(config.run_dir, config.name, config.default_name())
-    run = training.RunDir(root)
-    if not run.train_config.exists():
-        raise SomtokError(
-            f"--resume: no run at {str(root)!r} (missing train_config.json); "
-            "expected --run-dir or --name of an earlier run"
-        )
-    saved = training.read_json(run.train_config)["train"]
-    merged = {**saved, **given, "resume": True, "run_dir": str(root)}
-    return PriorTrainConfig.from_dict(merged)
+    return training.config_from_args(PriorTrainConfig, args)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 
-from somtok.errors import SomtokError
-
 # Names kept here so that `somtok --help` need not import torch; a test checks them against
 # model.PRESETS, quantizer.QUANTIZERS and quantizer.INITS.
 PRESET_NAMES = ("tiny", "cifar10", "large")
@@ -108,26 +106,7 @@ def build_config(args: argparse.Namespace):
     from somtok import training
     from somtok.tokenizer.train import TrainConfig
 
-    given = {
-        name: value
-        for name, value in vars(args).items()
-        if value is not None and name in TrainConfig.__dataclass_fields__
-    }
-    if given.get("eval_limit") == 0:
-        given["eval_limit"] = None
-    config = TrainConfig(**given)
-    if not args.resume:
-        return config
-    root = training.resolve_run_dir(config.run_dir, config.name, config.default_name())
-    run = training.RunDir(root)
-    if not run.train_config.exists():
-        raise SomtokError(
-            f"--resume: no run at {str(root)!r} (missing train_config.json); "
-            "expected --run-dir or --name of an earlier run"
-        )
-    saved = training.read_json(run.train_config)["train"]
-    merged = {**saved, **given, "resume": True, "run_dir": str(root)}
-    return TrainConfig.from_dict(merged)
+    return training.config_from_args(TrainConfig, args)
 
 
 def run(args: argparse.Namespace) -> int:
