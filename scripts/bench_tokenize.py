@@ -10,16 +10,22 @@ On real CIFAR-10 test images, batch 256, the cifar10 preset (random weights unle
                   reference only;
   encode          SomTokenizer.encode as shipped: channels-last, no_grad;
   compiled        encode after optimize_for_inference(): torch.compile with frozen weights;
+  encode-bf16     encode after optimize_for_inference(precision="bf16", compile=False): the
+                  encoder's convolutions in bfloat16, the nearest-code search in float32;
+  compiled-bf16   the same, compiled;
   cli             `somtok tokenize FOLDER` in process on --images PNG files: loading the
-                  checkpoint, reading and checking every PNG, encoding, writing the token file.
+                  checkpoint, reading and checking every PNG, encoding, writing the token file;
+  cli-bf16        the same with --precision bf16.
 
 Rounds are interleaved so that drifts in machine load hit every method alike. The fastest
 round of each method is reported (with the ratio to eager-encoder), medians beside it: on a
 shared machine other jobs only ever add time, so the minimum is the steadiest estimate. On a
 machine busy with other jobs, ``--threads 1 --clock cpu`` times CPU seconds instead of wall
 seconds, which other processes barely disturb.
-Indices of encode and compiled are compared with the baseline's (they should agree exactly,
-or up to rare ties broken by float rounding).
+Indices of every path are compared with the baseline's on the batch: the float32 paths should
+agree exactly (or up to rare ties broken by float rounding); bfloat16 changes about 1 % of the
+tokens, so for it the reconstruction PSNR of the --images images from bfloat16 tokens is
+printed beside the float32 one.
 
     .venv/bin/python scripts/bench_tokenize.py [--rounds 12] [--images 2048] [--threads N]
         [--clock wall|cpu] [--json PATH]
@@ -78,8 +84,9 @@ def write_pngs(pixels: np.ndarray, folder: Path) -> None:
         Image.fromarray(rearrange(image, "c h w -> h w c")).save(folder / f"{i:06d}.png")
 
 
-def cli_run(folder: Path, checkpoint: Path, out: Path) -> None:
+def cli_run(folder: Path, checkpoint: Path, out: Path, *extra: str) -> None:
     args = ["tokenize", str(folder), "-o", str(out), "--tokenizer", str(checkpoint), "--force"]
+    args += extra
     with contextlib.redirect_stdout(io.StringIO()):
         code = somtok_main(args)
     assert code == 0, f"somtok tokenize exited with {code}"
@@ -96,6 +103,13 @@ def timed(fn, clock) -> float:
 
 def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a == b).float().mean())
+
+
+def psnr(model: SomTokenizer, pixels: np.ndarray) -> float:
+    """Mean reconstruction PSNR (dB, [0, 1] pixels) of uint8 images through encode."""
+    x = torch.from_numpy(pixels).float() / 255
+    mse = (model.decode_indices(model.encode(pixels)) - x).square().mean((1, 2, 3))
+    return float((-10 * torch.log10(mse)).mean())
 
 
 def run(args) -> dict:
@@ -116,11 +130,21 @@ def run(args) -> dict:
     start = time.perf_counter()
     compiled_indices = compiled.encode(batch)
     compile_s = time.perf_counter() - start
+    bf16 = copy.deepcopy(model).optimize_for_inference(precision="bf16", compile=False)
+    compiled_bf16 = copy.deepcopy(model).optimize_for_inference(precision="bf16")
+    start = time.perf_counter()
+    compiled_bf16_indices = compiled_bf16.encode(batch)
+    compile_bf16_s = time.perf_counter() - start
     checks = {
         "encode_vs_eager": agreement(model.encode(batch), reference),
         "compiled_vs_eager": agreement(compiled_indices, reference),
+        "encode_bf16_vs_eager": agreement(bf16.encode(batch), reference),
+        "compiled_bf16_vs_eager": agreement(compiled_bf16_indices, reference),
         "compiled_path_used": not compiled._compiled.failed,
+        "compiled_bf16_path_used": not compiled_bf16._compiled.failed,
     }
+    images = pixels[: args.images]
+    quality = {"psnr_fp32": psnr(model, images), "psnr_bf16": psnr(bf16, images)}
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -132,7 +156,15 @@ def run(args) -> dict:
             "eager-forward": (BATCH, lambda: eager_forward(batch)),
             "encode": (BATCH, lambda: model.encode(batch)),
             "compiled": (BATCH, lambda: compiled.encode(batch)),
+            "encode-bf16": (BATCH, lambda: bf16.encode(batch)),
+            "compiled-bf16": (BATCH, lambda: compiled_bf16.encode(batch)),
             "cli": (args.images, lambda: cli_run(tmp / "images", tmp / "tokenizer", tmp / "t")),
+            "cli-bf16": (
+                args.images,
+                lambda: cli_run(
+                    tmp / "images", tmp / "tokenizer", tmp / "t", "--precision", "bf16"
+                ),
+            ),
         }
         times = interleaved(methods, args.rounds, args.warmup, CLOCKS[args.clock])
     rates = {name: methods[name][0] / min(t) for name, t in times.items()}
@@ -142,7 +174,9 @@ def run(args) -> dict:
         "ratio_to_eager_encoder": {n: r / rates["eager-encoder"] for n, r in rates.items()},
         "median_images_per_s": medians,
         "compile_seconds": compile_s,
+        "compile_bf16_seconds": compile_bf16_s,
         "checks": checks,
+        "quality": quality,
         "threads": torch.get_num_threads(),
         "clock": args.clock,
         "batch": BATCH,
@@ -176,8 +210,16 @@ def report(result: dict) -> None:
         ratio = result["ratio_to_eager_encoder"][name]
         median = result["median_images_per_s"][name]
         print(f"{name:<15}{rate:>10.0f}{ratio:>18.2f}{median:>18.0f}")
-    print(f"compile time: {result['compile_seconds']:.1f} s (once per process)")
-    print(f"checks: {result['checks']}")
+    print(
+        f"compile time: {result['compile_seconds']:.1f} s fp32, "
+        f"{result['compile_bf16_seconds']:.1f} s bf16 (once per process)"
+    )
+    print(f"token agreement with eager-encoder on the batch: {result['checks']}")
+    quality = result["quality"]
+    print(
+        f"reconstruction PSNR of {result['cli_images']} images: fp32 tokens "
+        f"{quality['psnr_fp32']:.3f} dB, bf16 tokens {quality['psnr_bf16']:.3f} dB"
+    )
 
 
 def main() -> None:

@@ -77,6 +77,22 @@ def test_round_trip_on_a_folder_with_a_corrupt_file(tmp_path, tok, folder, pixel
         assert np.array_equal(got, want[i])
 
 
+def test_bf16_tokens_are_those_of_the_bf16_encoder(tmp_path, tok, folder, pixels, capsys):
+    out = tmp_path / "tokens.safetensors"
+    args = ["tokenize", str(folder / "img*.png"), "-o", str(out), "--tokenizer", tok]
+    assert main([*args, "--precision", "bf16"]) == 0
+    tokenizer = SomTokenizer.from_pretrained(tok)
+    tokens = load_tokens(out, tokenizer).indices
+    exact = tokenizer.encode(pixels)
+    tokenizer.optimize_for_inference(precision="bf16", compile=False)
+    assert torch.equal(tokens, tokenizer.encode(pixels))
+    assert float((tokens == exact).float().mean()) > 0.9
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "--force", "--precision", "fp16"])
+    assert stop.value.code == 2
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err
+
+
 def test_files_and_globs_in_the_order_given(tmp_path, tok, folder):
     out = tmp_path / "t.safetensors"
     inputs = [str(folder / "img3.png"), str(folder / "img[01].png")]

@@ -389,3 +389,34 @@ def test_compiled_encoder_matches_eager_and_steps_aside_when_stale(model):
         model.quantizer.codebook.mul_(2)  # weights changed after compiling: eager again
     assert not model._compiled.usable(model, batch)
     assert torch.equal(model.encode(batch), model._encode_eager(batch))
+
+
+def test_bf16_encoding_changes_few_tokens_and_no_quality():
+    """The shipped tokenizer on 256 real CIFAR-10 test images: bfloat16 convolutions move about
+    1 % of the tokens to a near-tie code, and the reconstructions score the same PSNR."""
+    from somtok.tokenizer.data import load_images
+
+    pixels = np.array(load_images("sample", "test", 32, limit=256).images)
+    shipped = load_tokenizer()
+    exact = shipped.encode(pixels)
+    fast = load_tokenizer().optimize_for_inference(precision="bf16", compile=False)
+    assert fast.encode_precision == "bf16" and fast._compiled is None
+    quick = fast.encode(pixels)
+    assert quick.dtype == torch.int64 and quick.shape == exact.shape
+    agree = float((quick == exact).float().mean())
+    assert 0.97 <= agree < 1.0  # < 1: the convolutions really ran in bfloat16
+
+    def psnr(tokens):
+        x = torch.from_numpy(pixels).float() / 255
+        mse = (shipped.decode_indices(tokens) - x).square().mean((1, 2, 3))
+        return float((-10 * torch.log10(mse)).mean())
+
+    assert abs(psnr(quick) - psnr(exact)) < 0.05
+    fast.optimize_for_inference(compile=False)  # back to fp32: exact again
+    assert torch.equal(fast.encode(pixels), exact)
+
+
+def test_unknown_encode_precision_is_an_error(model):
+    with pytest.raises(SomtokError, match="precision 'fp16' given; expected one of fp32, bf16"):
+        model.optimize_for_inference(precision="fp16")
+    assert model.encode_precision == "fp32" and model._compiled is None

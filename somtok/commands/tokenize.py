@@ -5,7 +5,7 @@ Every image must already be the tokenizer's size unless --resize is given (then 
 and centre-cropped); a file that cannot be read is an error unless --skip-errors is given (then
 it is left out and listed). Writes one .safetensors token file: indices int32 (B, h, w), the
 source names and the tokenizer's id (DESIGN.md "Contracts"), atomically, and over an existing
-file only with --force.
+file only with --force. --precision bf16 trades exact tokens for speed (see its help).
 """
 
 from __future__ import annotations
@@ -30,8 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="compile the encoder first: up to a few minutes once, then up to 1.35x faster on "
+        help="compile the encoder first: 5 s to a few minutes once, then up to 1.2x faster on "
         "the CPU; worth it only for very many images",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="fp32 (default): exact tokens. bf16: the encoder in bfloat16, 1.5x faster on a CPU "
+        "with AVX-512 BF16, several times slower on one without; 99%% of tokens equal fp32's, "
+        "the rest are near ties (same PSNR)",
     )
 
 
@@ -48,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
     )
     for name, reason in found.skipped:
         print(f"somtok: skipped {name}: {reason}", file=sys.stderr)
-    if args.compile:
-        tokenizer.optimize_for_inference()
+    if args.compile or args.precision != "fp32":
+        tokenizer.optimize_for_inference(precision=args.precision, compile=args.compile)
     indices = encode_all(tokenizer, found.images)
     tokens = TokenFile.for_tokenizer(tokenizer, indices, names=found.names)
     save_tokens(args.output, tokens, force=args.force)
