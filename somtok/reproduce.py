@@ -17,9 +17,18 @@ The output folder OUT holds one sweep::
         plots/final_atlas.png   the codebook atlas of the exported model
         plots/shift_strip.png   test images, their reconstruction, then shifted by 1..4 cells
 
-Resuming: a finished or failed run is skipped; a run with a training folder continues from its
-newest checkpoint (``train_tokenizer`` with ``resume``); a trained but unmeasured run is only
-measured. Delete a run's folder to train it again.
+Beside the report DOC, the sweep keeps a record of each finished or failed run, without weights,
+so that the report can be rebuilt and the sweep continued on a machine that lacks OUT (a sweep
+on a CPU spans more than one working session)::
+
+    DOC_STEM/runs/sweep.json            the shared settings, as in OUT
+    DOC_STEM/runs/<setting>-seed<k>/    reproduce.json (or reproduce-failed.json), metrics.jsonl,
+                                        and plots/ for the seed-0 runs the report pictures
+
+Resuming: a finished or failed run, in OUT or recorded beside DOC, is skipped; a run with a
+training folder continues from its newest checkpoint (``train_tokenizer`` with ``resume``); a
+trained but unmeasured run is only measured. Delete a run's folder and its record to train it
+again.
 
 Shapes: B images, h w token grid, K codes.
 """
@@ -31,6 +40,7 @@ import dataclasses
 import fcntl
 import json
 import logging
+import shutil
 import statistics
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -69,6 +79,12 @@ SHIFT_IMAGES = 256
 # The shift strip: a few test images, shifted by 0..SHIFT_STRIP_MAX cells (the paper shows 0..4).
 SHIFT_STRIP_IMAGES = 4
 SHIFT_STRIP_MAX = 4
+
+# A run's files that its record beside the report keeps (those that exist), and the settings
+# whose seed-0 pictures the report shows, so their records keep those too.
+RECORD_PARTS = (RECORD_FILE, FAILED_FILE, "metrics.jsonl")
+PICTURE_PARTS = (f"plots/{ATLAS_FILE}", f"plots/{STRIP_FILE}")
+RECORDS_DIR = "runs"
 
 # Checkpoints kept per run: the newest is all resume needs, one more survives a bad disk write.
 KEEP_LAST = 2
@@ -124,6 +140,7 @@ EMA = "ema-n0=1"
 KSOM = "ksom-hard-n0=1"
 EMA_N0_ZERO = "ema-n0=0"
 KSOM_N0_ZERO = "ksom-hard-n0=0"
+PICTURED = (EMA, KSOM, EMA_N0_ZERO, KSOM_N0_ZERO)
 
 
 @dataclass
@@ -177,6 +194,16 @@ class SweepConfig:
     def doc_path(self) -> Path:
         return self.doc if self.doc is not None else self.out / "RESULTS.md"
 
+    @property
+    def records(self) -> Path:
+        """The folder of run records beside the report: docs/RESULTS.md -> docs/results/runs."""
+        return assets_folder(self.doc_path) / RECORDS_DIR
+
+
+def assets_folder(doc: Path) -> Path:
+    """The folder beside ``doc`` holding its CSV files and plots: docs/RESULTS.md -> results/."""
+    return doc.parent / doc.stem.lower()
+
 
 class RunSpec(NamedTuple):
     """One run of the sweep: a setting trained with one seed."""
@@ -225,6 +252,47 @@ def run_state(folder: Path, steps: int) -> RunState:
     if (folder / "model.safetensors").is_file() and last_val_step(folder) == steps:
         return RunState("partial", f"trained for {steps} steps, not yet measured")
     return RunState("partial", f"in progress: checkpoint at step {done} of {steps}")
+
+
+def run_folder(config: SweepConfig, spec: RunSpec) -> Path:
+    """Where run ``spec`` stands: its folder in OUT, or its record beside the report when OUT
+    holds nothing of it and the record says it finished (or failed)."""
+    folder = config.out / spec.name
+    if run_state(folder, config.steps).status == "new":
+        recorded = config.records / spec.name
+        if run_state(recorded, config.steps).status in ("finished", "failed"):
+            return recorded
+    return folder
+
+
+def save_record(config: SweepConfig, spec: RunSpec) -> None:
+    """Copy the measurements of a finished or failed run in OUT to its record beside the report
+    (and its pictures when the report shows them); no weights. Each file is replaced atomically.
+    """
+    folder, record = config.out / spec.name, config.records / spec.name
+    parts = RECORD_PARTS
+    if spec.seed == 0 and spec.setting.name in PICTURED:
+        parts += PICTURE_PARTS
+    config.records.mkdir(parents=True, exist_ok=True)
+    training.write_json(config.records / SWEEP_FILE, config.shared())
+    for part in parts:
+        if (folder / part).is_file():
+            with atomic_output(record / part, force=True) as tmp:
+                shutil.copyfile(folder / part, tmp)
+
+
+def check_records(config: SweepConfig) -> None:
+    """Refuse records beside the report that come from a sweep with other shared settings."""
+    path = config.records / SWEEP_FILE
+    if not path.is_file():
+        return
+    saved = training.read_json(path)
+    differ = [name for name, value in config.shared().items() if saved.get(name) != value]
+    if differ:
+        raise SomtokError(
+            f"the runs recorded in {str(config.records)!r} come from a sweep with other "
+            f"{', '.join(differ)}; expected the same settings, or another --doc"
+        )
 
 
 def last_val_step(folder: Path) -> int:
@@ -276,22 +344,27 @@ def run_sweep(config: SweepConfig) -> list[RunSpec]:
 def _run_planned(config: SweepConfig) -> list[RunSpec]:
     runs = plan(config.settings(), config.seeds)
     test_images = None
+    check_records(config)
     with sweep_lock(config.out):
         for number, spec in enumerate(runs, start=1):
-            folder = config.out / spec.name
+            folder = run_folder(config, spec)
             state = run_state(folder, config.steps)
             if state.status in ("finished", "failed"):
+                if folder.parent == config.out:
+                    save_record(config, spec)  # runs finished before records were kept
                 why = f"{state.status}, skipped (delete {folder} to train it again)"
                 logger.info("run %d/%d %s: %s", number, len(runs), spec.name, why)
                 continue
             logger.info("run %d/%d %s: %s", number, len(runs), spec.name, state.detail)
             check_run_settings(folder, train_config(spec, config, folder, resume=True))
             if not _trained(folder, config.steps) and not _train(spec, config, folder):
+                save_record(config, spec)
                 continue
             if test_images is None:
                 test_images = load_test_images(config)
             record = measure(folder, spec, config, test_images)
             training.write_json(folder / RECORD_FILE, record)
+            save_record(config, spec)
     return runs
 
 
@@ -515,9 +588,16 @@ def reproduce(config: SweepConfig, report_only: bool = False) -> Path:
     from somtok import reproduce_report
 
     if report_only:
-        saved = config.out / SWEEP_FILE
-        if saved.is_file():  # report on the sweep as it was run, whatever the flags say
-            config = dataclasses.replace(config, **training.read_json(saved))
+        # Report on the sweep as it was run, whatever the flags say: OUT's settings, or those
+        # of the records beside the report when OUT is not on this machine.
+        for saved in (config.out / SWEEP_FILE, config.records / SWEEP_FILE):
+            if saved.is_file():
+                config = dataclasses.replace(config, **training.read_json(saved))
+                break
+        check_records(config)
+        for spec in plan(config.settings(), config.seeds):
+            if run_state(config.out / spec.name, config.steps).status in ("finished", "failed"):
+                save_record(config, spec)
     else:
         run_sweep(config)
     return reproduce_report.write_report(config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -202,6 +203,39 @@ def test_report_of_an_empty_sweep_says_what_is_missing(tmp_path):
         "0"
     ] * 8
     assert sorted(p.name for p in tmp_path.iterdir()) == ["RESULTS.md", failed.name, "results"]
+    # The failure is recorded beside the report, so another machine need not train it again.
+    record = tmp_path / "results" / "runs" / failed.name / reproduce.FAILED_FILE
+    assert json.loads(record.read_text()) == {"error": "non-finite loss"}
+
+
+def _record(folder: Path, mse: float) -> None:
+    """A finished run's record: its measurements and one validation row."""
+    folder.mkdir(parents=True)
+    (folder / reproduce.RECORD_FILE).write_text(json.dumps({"test": {"mse": mse}}))
+    (folder / "metrics.jsonl").write_text(json.dumps({"split": "val", "step": 12}) + "\n")
+
+
+def test_a_run_recorded_beside_the_report_counts_where_out_lacks_it(tmp_path):
+    config = SweepConfig(out=tmp_path / "sweep", doc=tmp_path / "docs" / "RESULTS.md", **TINY)
+    assert config.records == tmp_path / "docs" / "results" / "runs"
+    spec = RunSpec(_setting("ema-n0=1"), 0)
+    assert reproduce.run_folder(config, spec) == config.out / spec.name  # nothing anywhere
+
+    _record(config.records / spec.name, 0.01)
+    assert reproduce.run_folder(config, spec) == config.records / spec.name
+
+    # A run OUT holds is that run, even unfinished: it resumes there.
+    (config.out / spec.name).mkdir(parents=True)
+    (config.out / spec.name / "train_config.json").write_text("{}")
+    assert reproduce.run_folder(config, spec) == config.out / spec.name
+
+
+def test_records_of_another_sweep_are_refused(tmp_path):
+    config = SweepConfig(out=tmp_path / "sweep", doc=tmp_path / "RESULTS.md", **TINY)
+    config.records.mkdir(parents=True)
+    (config.records / reproduce.SWEEP_FILE).write_text(json.dumps({**config.shared(), "steps": 24}))
+    with pytest.raises(SomtokError, match=r"recorded in .* other steps; expected the same"):
+        reproduce.run_sweep(config)
 
 
 @pytest.mark.slow
@@ -209,7 +243,9 @@ def test_tiny_sweep_trains_resumes_skips_and_reports(tmp_path):
     from somtok.tokenizer.train import train_tokenizer
 
     out = tmp_path / "sweep"
-    config = SweepConfig(out=out, seeds=2, only=PAIR, **TINY)
+    doc = tmp_path / "docs" / "RESULTS.md"
+    results = tmp_path / "docs" / "results"
+    config = SweepConfig(out=out, doc=doc, seeds=2, only=PAIR, **TINY)
 
     # A run interrupted after its step-8 checkpoint: state, metrics, no exported model.
     spec = RunSpec(_setting("ksom-hard-n0=1"), 1)
@@ -234,19 +270,19 @@ def test_tiny_sweep_trains_resumes_skips_and_reports(tmp_path):
             records[f"{name}-seed{seed}"] = record
 
     # The table is the mean of the runs; PSNR is that of each run's MSE.
-    runs = {row["run"]: row for row in _read_csv(out / "results" / "runs.csv")}
+    runs = {row["run"]: row for row in _read_csv(results / "runs.csv")}
     assert set(runs) == set(records)
     for name, row in runs.items():
         assert float(row["mse"]) == pytest.approx(records[name]["test"]["mse"])
         assert float(row["psnr"]) == pytest.approx(10 * math.log10(1 / float(row["mse"])))
-    for row in _read_csv(out / "results" / "results.csv"):
+    for row in _read_csv(results / "results.csv"):
         mses = [float(r["mse"]) for r in runs.values() if r["setting"] == row["setting"]]
         assert (row["runs_finished"], row["runs_planned"]) == ("2", "2")
         assert float(row["mse_mean"]) == pytest.approx(np.mean(mses))
         assert float(row["mse_std"]) == pytest.approx(np.std(mses, ddof=1))
     for picture in ("val_mse", "val_perplexity", "atlases", "shift_strips"):
-        assert Image.open(out / "results" / f"{picture}.png").format == "PNG"
-    text = (out / "RESULTS.md").read_text()
+        assert Image.open(results / f"{picture}.png").format == "PNG"
+    text = doc.read_text()
     assert "**4 of 4 planned runs finished.**" in text
     assert reproduce_report.command(config) in text
     assert "2. **Final reconstruction is comparable.** Verdict: *not judged*" in text
@@ -258,12 +294,40 @@ def test_tiny_sweep_trains_resumes_skips_and_reports(tmp_path):
     reproduce.run_sweep(config)
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/reproduce.json")} == stamps
 
+    # Each run is recorded beside the report without weights; pictures for the seed-0 runs.
+    parts = ["metrics.jsonl", "reproduce.json"]
+    pictures = ["plots/final_atlas.png", "plots/shift_strip.png"]
+    expected = {"sweep.json"} | {
+        f"{name}-seed{seed}/{part}"
+        for name in PAIR
+        for seed in (0, 1)
+        for part in parts + (pictures if seed == 0 else [])
+    }
+    records = results / "runs"
+    assert {p.relative_to(records).as_posix() for p in records.rglob("*") if p.is_file()} == (
+        expected
+    )
+    for part in parts + pictures:
+        assert (records / "ema-n0=1-seed0" / part).read_bytes() == (
+            out / "ema-n0=1-seed0" / part
+        ).read_bytes()
+
+    # On a machine without OUT the records rebuild the same report, whatever the flags say, and
+    # the sweep trains nothing again.
+    shutil.rmtree(out)
+    elsewhere = SweepConfig(out=out, doc=doc, seeds=2, only=PAIR)  # the default 1,500 steps
+    reproduce.reproduce(elsewhere, report_only=True)
+    assert doc.read_text() == text
+    reproduce.run_sweep(config)
+    assert not [p for p in out.iterdir() if p.is_dir()]
+
     # --report-only plans a third seed, reads the sweep's own settings and trains nothing.
     folders = sorted(out.iterdir())
-    argv = ["reproduce", "--report-only", "--out", str(out), "--seeds", "3", "--steps", "999"]
+    argv = ["reproduce", "--report-only", "--out", str(out), "--doc", str(doc), "--seeds", "3"]
+    argv += ["--steps", "999"]
     assert cli_main([*argv, "--only", ",".join(PAIR)]) == 0
     assert sorted(out.iterdir()) == folders
-    text = (out / "RESULTS.md").read_text()
+    text = doc.read_text()
     assert "**4 of 6 planned runs finished.**" in text
     assert "`ema-n0=1-seed2`: new, not started" in text
     assert "--steps 12" in text
