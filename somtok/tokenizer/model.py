@@ -402,7 +402,7 @@ class SomTokenizer(
         Args:
             precision: "fp32" (default) gives exactly the tokens of plain ``encode``. "bf16"
                 runs the encoder's convolutions in bfloat16 (autocast) and the nearest-code
-                search in float32: 1.5x the float32 ``encode`` on one CPU core with AVX-512 BF16;
+                search in float32: 1.6x the float32 ``encode`` on one CPU core with AVX-512 BF16;
                 99 % of the tokens equal the float32 ones, the others are near ties whose
                 reconstructions score the same PSNR. On CPUs without bfloat16 instructions it
                 is several times slower (a warning says so).
