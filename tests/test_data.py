@@ -241,6 +241,15 @@ def test_source_errors(tmp_path):
     assert list((tmp_path / "cache").glob("*")) == []
 
 
+def test_cifar10_without_a_local_copy_offline_says_where_to_put_one(tmp_path, monkeypatch):
+    monkeypatch.delenv("SOMTOK_CIFAR10_DIR", raising=False)
+    monkeypatch.setattr(data, "SHARED_CIFAR10", tmp_path / "absent")
+    with pytest.raises(
+        SomtokError, match="while offline .* set SOMTOK_CIFAR10_DIR to the folder .*absent"
+    ):
+        data.load_images("cifar10", split="test", cache_dir=tmp_path / "cache")
+
+
 @pytest.mark.parametrize(("size", "limit"), [(0, None), (32, 0), (32.5, None), (32, -1)])
 def test_bad_size_or_limit(size, limit):
     with pytest.raises(SomtokError, match="must be a positive whole number"):

@@ -218,7 +218,14 @@ def resolve_source(source: str, split: str) -> Source:
         return _local(paths.SAMPLE_DATA, split)
     if source == "cifar10":
         folder = cifar10_dir()
-        return _local(folder, split) if folder else _hub(CIFAR10_HUB_ID, split)
+        if folder is None:
+            # The Hub is the last resort: say where a local copy is looked for.
+            local = (
+                "no local copy was found either: set SOMTOK_CIFAR10_DIR to the folder holding "
+                f"CIFAR-10's train.parquet and test.parquet (looked in {str(SHARED_CIFAR10)!r})"
+            )
+            return _hub(CIFAR10_HUB_ID, split, expected=local)
+        return _local(folder, split)
     path = Path(source).expanduser()
     if path.exists():
         return _local(path, split)
@@ -370,7 +377,7 @@ def _batch_rows(
         yield Row(f"{prefix}{offset + i}", blob, label)
 
 
-def _hub(repo_id: str, split: str) -> Source:
+def _hub(repo_id: str, split: str, expected: str = _EXPECTED_SOURCE) -> Source:
     import datasets
     import huggingface_hub
 
@@ -381,7 +388,7 @@ def _hub(repo_id: str, split: str) -> Source:
         why = " while offline (HF_HUB_OFFLINE is set)" if offline else ""
         raise SomtokError(
             f"source {repo_id!r} is not a local path and could not be loaded from the Hugging "
-            f"Face Hub{why} ({type(err).__name__}: {err}); {_EXPECTED_SOURCE}"
+            f"Face Hub{why} ({type(err).__name__}: {err}); {expected}"
         ) from err
     if split not in loaded:
         raise SomtokError(
