@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from somtok import training
+from somtok import paths, training
 from somtok.cli import main as cli_main
 from somtok.commands import train_prior as command
 from somtok.errors import SomtokError
@@ -96,6 +96,14 @@ def test_sample_writes_token_grids_and_a_png(trained, tokenizers, tmp_path, caps
     assert not (tmp_path / "t.safetensors").exists()
     assert cli_main([*args, "--force", "--top-k", "0"]) == 2
     assert "top_k" in capsys.readouterr().err
+
+
+def test_sample_with_the_shipped_tokenizer_names_its_folder(trained, tmp_path, capsys):
+    out = tmp_path / "s.safetensors"
+    assert cli_main(["sample", "--prior", str(trained), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{paths.DEFAULT_TOKENIZER} (the shipped one)" in err and "trained on" in err
+    assert not out.exists()
 
 
 def test_encoded_dataset_is_reused_while_the_tokenizer_matches(tokenizers, tmp_path):

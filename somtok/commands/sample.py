@@ -82,6 +82,7 @@ def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from somtok import paths
     from somtok.fileio import atomic_output
     from somtok.prior.model import load_prior
     from somtok.prior.sample import sample_tokens
@@ -93,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     device = _device(args.device, torch)
     prior = load_prior(args.prior).to(device)
     tokenizer = load_tokenizer(args.tokenizer, device=device)
-    prior.check_tokenizer(tokenizer.tokenizer_id, f"tokenizer {args.tokenizer or 'default'!r}")
+    name = args.tokenizer or f"{paths.DEFAULT_TOKENIZER} (the shipped one)"
+    prior.check_tokenizer(tokenizer.tokenizer_id, f"tokenizer {name!r}")
     if args.guidance_scale not in (0, 1) and prior.config.class_dropout == 0:
         logger.warning("this prior was trained without class dropout: guidance may not help")
 
