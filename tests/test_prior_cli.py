@@ -98,6 +98,14 @@ def test_sample_writes_token_grids_and_a_png(trained, tokenizers, tmp_path, caps
     assert "top_k" in capsys.readouterr().err
 
 
+def test_sampling_options_are_checked_before_the_tokenizer_loads(trained, tmp_path, capsys):
+    missing = tmp_path / "no-tokenizer"
+    args = ["sample", "--prior", str(trained), "--tokenizer", str(missing), "--top-k", "0"]
+    assert cli_main([*args, "-o", str(tmp_path / "s.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "top_k=0 is invalid" in err and "no-tokenizer" not in err
+
+
 def test_sample_with_the_shipped_tokenizer_names_its_folder(trained, tmp_path, capsys):
     out = tmp_path / "s.safetensors"
     assert cli_main(["sample", "--prior", str(trained), "-o", str(out)]) == 2

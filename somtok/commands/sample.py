@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from somtok import paths
     from somtok.fileio import atomic_output
     from somtok.prior.model import load_prior
-    from somtok.prior.sample import sample_tokens
+    from somtok.prior.sample import check_sampling, resolve_class, sample_tokens
     from somtok.tokenizer import plots
     from somtok.tokenizer.model import load_tokenizer
     from somtok.tokenizer.tokens import TokenFile, save_tokens
@@ -93,24 +93,24 @@ def run(args: argparse.Namespace) -> int:
     token_path, png_path = output_paths(args)
     device = _device(args.device, torch)
     prior = load_prior(args.prior).to(device)
-    tokenizer = load_tokenizer(args.tokenizer, device=device)
-    name = args.tokenizer or f"{paths.DEFAULT_TOKENIZER} (the shipped one)"
-    prior.check_tokenizer(tokenizer.tokenizer_id, f"tokenizer {name!r}")
-    if args.guidance_scale not in (0, 1) and prior.config.class_dropout == 0:
-        logger.warning("this prior was trained without class dropout: guidance may not help")
-
-    result = sample_tokens(
-        prior,
-        args.count,
-        args.class_label,
+    # Check the sampling options against the prior before the tokenizer costs a load.
+    options = dict(
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
         guidance_scale=args.guidance_scale,
         seed=args.seed,
         batch_size=args.batch_size,
-        progress=True,
     )
+    class_index = resolve_class(prior.config, args.class_label)
+    check_sampling(prior.config, class_index=class_index, num_samples=args.count, **options)
+    tokenizer = load_tokenizer(args.tokenizer, device=device)
+    name = args.tokenizer or f"{paths.DEFAULT_TOKENIZER} (the shipped one)"
+    prior.check_tokenizer(tokenizer.tokenizer_id, f"tokenizer {name!r}")
+    if args.guidance_scale not in (0, 1) and prior.config.class_dropout == 0:
+        logger.warning("this prior was trained without class dropout: guidance may not help")
+
+    result = sample_tokens(prior, args.count, args.class_label, **options, progress=True)
     images = tokenizer.decode_indices(result.indices.to(device)).cpu()
 
     names = [f"sample-{i:04d}" for i in range(args.count)]
