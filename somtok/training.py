@@ -1,8 +1,8 @@
 """Training plumbing shared by the tokenizer and prior trainers (Hugging Face accelerate).
 
 What lives here is independent of the model being trained: the run-folder layout, saving and
-resuming accelerate state safely, the metrics file, TensorBoard, seeding, the non-finite check
-and a steps/s clock.
+resuming accelerate state safely, the metrics file, TensorBoard, seeding, the non-finite check,
+a steps/s clock, and the step loop both trainers run (``StepLoop``).
 
 A run folder (DESIGN.md "Run folders")::
 
@@ -45,6 +45,8 @@ from accelerate.utils import (
     gather_object,
     set_seed,
 )
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from somtok.errors import SomtokError
 from somtok.fileio import check_folder
@@ -406,6 +408,112 @@ class StepClock:
         rate = (step - self.step) / max(now - self.time, 1e-9)
         self.step, self.time = step, now
         return rate
+
+
+def mean_rows(rows: list[Mapping[str, float]]) -> dict[str, float]:
+    """The mean of each metric over ``rows`` (all with the same names)."""
+    return {name: sum(row[name] for row in rows) / len(rows) for name in rows[0]}
+
+
+class StepLoop:
+    """The loop both trainers run: steps, a progress bar, logging, validation and checkpoints.
+
+    A subclass sets ``config`` (with ``steps``, ``log_every``, ``eval_every``, ``save_every``,
+    ``keep_last``, ``resume``), ``run``, ``accelerator``, ``main``, ``metrics`` and the model
+    returned by ``checked_module``, and provides ``train_step`` (one optimiser step, returning
+    its metrics averaged over processes), ``validate``, ``progress`` (what a checkpoint records
+    beside the step) and ``postfix`` (the numbers on the bar).
+    """
+
+    step: int = 0
+    last_val: dict[str, float]
+    nan_advice = "try a lower --lr"  # appended to the message of a non-finite loss
+
+    def run_loop(self, tracked: Mapping[str, Any]) -> None:
+        """Train from step 0 (or the latest checkpoint with ``config.resume``) to the end."""
+        if self.config.resume:
+            self.resume()
+        init_trackers(self.accelerator, tracked, start_step=self.step)
+        with logging_redirect_tqdm():  # log lines print above the bar, not through it
+            self._steps()
+
+    def _steps(self) -> None:
+        bar = tqdm(
+            total=self.config.steps,
+            initial=self.step,
+            unit="step",
+            desc=self.run.root.name,
+            disable=not self.main,
+            dynamic_ncols=True,
+        )
+        window: list[dict[str, float]] = []
+        clock = StepClock(self.step)
+        while self.step < self.config.steps:
+            window.append(self.train_step())
+            self.step += 1
+            bar.update(1)
+            if self.due(self.config.log_every):
+                values = {**self.window_mean(window), "steps_per_s": clock.tick(self.step)}
+                self.log(values, "train")
+                bar.set_postfix(self.postfix(values), refresh=False)
+                window = []
+            if self.due(self.config.eval_every):
+                self.validate()
+            if self.due(self.config.save_every):
+                self.save()
+        bar.close()
+
+    def due(self, every: int) -> bool:
+        return self.step % every == 0 or self.step == self.config.steps
+
+    def window_mean(self, rows: list[dict[str, float]]) -> dict[str, float]:
+        """The metrics logged for the steps since the last log line (their mean by default)."""
+        return mean_rows(rows)
+
+    def log(self, values: Mapping[str, float], split: str) -> None:
+        """One metrics row at this step: metrics.jsonl and the trackers (``split/name``)."""
+        self.metrics.write(self.step, split, values)
+        self.accelerator.log({f"{split}/{k}": v for k, v in values.items()}, step=self.step)
+
+    def nan_hint(self) -> str:
+        latest = latest_checkpoint(self.run.state)
+        where = f"; the last checkpoint is {latest[1]}" if latest else ""
+        return f"{where}; {self.nan_advice}"
+
+    def save(self) -> Path:
+        """Save accelerate state at this step; refuse (and stop) if any tensor is non-finite."""
+        bad = non_finite_tensors(self.checked_module)
+        anywhere = torch.tensor(float(len(bad)), device=self.accelerator.device)
+        if self.accelerator.reduce(anywhere, "sum").item() > 0:  # every process stops together
+            raise NonFiniteLossError(
+                f"training stopped at step {self.step}: non-finite values in {bad[:5]}; "
+                "this state was not saved"
+            )
+        progress = {**self.progress(), "val": self.last_val}
+        return save_checkpoint(
+            self.accelerator, self.run, self.step, progress, self.config.keep_last
+        )
+
+    def resume(self) -> None:
+        """Load the newest complete checkpoint, if any, and continue from its step."""
+        latest = latest_checkpoint(self.run.state)
+        if latest is None:
+            logger.info("no checkpoint in %s yet: starting from step 0", self.run.state)
+            self.metrics.truncate_after(0)
+            return
+        progress = load_checkpoint(self.accelerator, latest[1])
+        self.step = int(progress["step"])
+        self.check_progress(progress, latest[1])
+        self.last_val = progress.get("val", {})
+        self.metrics.truncate_after(self.step)
+        logger.info("resumed %s at step %d", self.run.root, self.step)
+
+    def progress(self) -> dict[str, Any]:
+        """What a checkpoint records beside the step and the last validation."""
+        return {}
+
+    def check_progress(self, progress: Mapping[str, Any], folder: Path) -> None:
+        """Raise if the loaded state disagrees with its progress file (a bug, not bad input)."""
 
 
 def config_from_args(config_class, args) -> Any:

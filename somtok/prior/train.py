@@ -325,7 +325,7 @@ def _settle_run_config(run: training.RunDir, config: PriorTrainConfig) -> dict |
     return saved
 
 
-class PriorTrainer:
+class PriorTrainer(training.StepLoop):
     """One training run of the prior; every process builds one, the main one writes files."""
 
     def __init__(self, config: PriorTrainConfig, run: training.RunDir, accelerator, tokenizer):
@@ -355,6 +355,10 @@ class PriorTrainer:
     def prior(self) -> SomPrior:
         return self.accelerator.unwrap_model(self.model)
 
+    @property
+    def checked_module(self) -> SomPrior:
+        return self.prior
+
     def _encode(self, tokenizer, split: str, limit: int | None) -> EncodedSplit:
         """Encode on the main process first; the others then read its cached file."""
         with self.accelerator.main_process_first():
@@ -379,34 +383,7 @@ class PriorTrainer:
 
     def fit(self) -> None:
         """Train from step 0 (or the latest checkpoint) up to ``config.steps``."""
-        if self.config.resume:
-            self.resume()
-        training.init_trackers(self.accelerator, {"train": self.config.to_dict()})
-        bar = tqdm(
-            total=self.config.steps,
-            initial=self.step,
-            unit="step",
-            desc=self.run.root.name,
-            disable=not self.main,
-            dynamic_ncols=True,
-        )
-        window: list[dict[str, float]] = []
-        clock = training.StepClock(self.step)
-        while self.step < self.config.steps:
-            window.append(self.train_step())
-            self.step += 1
-            bar.update(1)
-            if self._due(self.config.log_every):
-                self._log_train(_mean(window), clock.tick(self.step), bar)
-                window = []
-            if self._due(self.config.eval_every):
-                self.validate()
-            if self._due(self.config.save_every):
-                self.save()
-        bar.close()
-
-    def _due(self, every: int) -> bool:
-        return self.step % every == 0 or self.step == self.config.steps
+        self.run_loop({"train": self.config.to_dict()})
 
     def train_step(self) -> dict[str, float]:
         """One optimiser step on one global batch; returns its metrics averaged over processes."""
@@ -417,7 +394,7 @@ class PriorTrainer:
         indices, labels = self._batch(self.step)
         out = self.model(indices, labels)
         values = self._reduce({"loss": out.loss, "bits_per_token": out.bits_per_token})
-        training.check_finite(values, self.step + 1, hint=self._nan_hint)
+        training.check_finite(values, self.step + 1, hint=self.nan_hint)
         self.accelerator.backward(out.loss)
         self.accelerator.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
         self.optimizer.step()
@@ -441,21 +418,12 @@ class PriorTrainer:
         stacked = self.accelerator.reduce(stacked, "mean")
         return dict(zip(names, stacked.tolist(), strict=True))
 
-    def _nan_hint(self) -> str:
-        latest = training.latest_checkpoint(self.run.state)
-        where = f"; the last checkpoint is {latest[1]}" if latest else ""
-        return f"{where}; try a lower --lr"
-
-    def _log_train(self, values: dict[str, float], rate: float, bar) -> None:
-        values = {**values, "steps_per_s": rate}
-        self.metrics.write(self.step, "train", values)
-        self.accelerator.log({f"train/{k}": v for k, v in values.items()}, step=self.step)
-        bar.set_postfix(
-            loss=f"{values['loss']:.3f}",
-            bits=f"{values['bits_per_token']:.3f}",
-            val=f"{self.last_val.get('bits_per_token', math.nan):.3f}",
-            refresh=False,
-        )
+    def postfix(self, values: dict[str, float]) -> dict[str, str]:
+        return {
+            "loss": f"{values['loss']:.3f}",
+            "bits": f"{values['bits_per_token']:.3f}",
+            "val": f"{self.last_val.get('bits_per_token', math.nan):.3f}",
+        }
 
     # -- validation
 
@@ -465,8 +433,7 @@ class PriorTrainer:
             self.prior, self.val_set.indices, self.val_set.labels, self.accelerator
         )
         self.last_val = values
-        self.metrics.write(self.step, "val", values)
-        self.accelerator.log({f"val/{k}": v for k, v in values.items()}, step=self.step)
+        self.log(values, "val")
         if self.main:
             logger.info("step %d validation: %s", self.step, _fmt(values))
             if self.config.plot_images:
@@ -486,33 +453,6 @@ class PriorTrainer:
         prior.train(was_training)
         images = self.tokenizer.decode_indices(torch.cat(grids).to(self.tokenizer.device))
         plots.save_png(plots.image_grid(images, per_class), self.run.plots / "samples.png")
-
-    # -- checkpoints
-
-    def save(self) -> Path:
-        """Save accelerate state at this step; refuse (and stop) if any weight is non-finite."""
-        bad = training.non_finite_tensors(self.prior)
-        if bad:
-            raise training.NonFiniteLossError(
-                f"training stopped at step {self.step}: non-finite values in {bad[:5]}; "
-                "this state was not saved"
-            )
-        return training.save_checkpoint(
-            self.accelerator, self.run, self.step, {"val": self.last_val}, self.config.keep_last
-        )
-
-    def resume(self) -> None:
-        """Load the newest complete checkpoint, if any, and continue from its step."""
-        latest = training.latest_checkpoint(self.run.state)
-        if latest is None:
-            logger.info("no checkpoint in %s yet: starting from step 0", self.run.state)
-            self.metrics.truncate_after(0)
-            return
-        progress = training.load_checkpoint(self.accelerator, latest[1])
-        self.step = int(progress["step"])
-        self.last_val = progress.get("val", {})
-        self.metrics.truncate_after(self.step)
-        logger.info("resumed %s at step %d", self.run.root, self.step)
 
     def export(self) -> Path:
         """Write the prior in Hub layout at the root of the run folder (main process)."""
@@ -589,10 +529,6 @@ def _sum_bits(prior: SomPrior, grids: torch.Tensor, labels: torch.Tensor | None)
     if labels is not None:
         labels = labels.to(grids.device)
     return prior(grids, labels).bits_per_token.item() * grids.shape[0]
-
-
-def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
-    return {k: sum(row[k] for row in rows) / len(rows) for k in rows[0]}
 
 
 def _fmt(values: dict[str, float]) -> str:

@@ -27,8 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from somtok import training
 from somtok.errors import SomtokError
@@ -276,12 +274,14 @@ def model_config(config: TrainConfig, mean, std) -> TokenizerConfig:
 # --- the loop -------------------------------------------------------------------------------
 
 
-class Trainer:
+class Trainer(training.StepLoop):
     """One training run: data, model, optimiser, and the steps between saves.
 
     Every process builds one; only the main process writes files (accelerate writes the
     per-process RNG files of a checkpoint itself).
     """
+
+    nan_advice = "try a lower --lr, or --mixed-precision no"
 
     def __init__(self, config: TrainConfig, run: training.RunDir, accelerator):
         self.config = config
@@ -305,6 +305,10 @@ class Trainer:
     def tokenizer(self) -> SomTokenizer:
         return self.accelerator.unwrap_model(self.model)
 
+    @property
+    def checked_module(self) -> SomTokenizer:
+        return self.tokenizer  # its codebook statistics included
+
     def _model_config(self) -> TokenizerConfig:
         """Measure pixel statistics (or read them back on resume) and build the model config."""
         if self.config.resume:
@@ -324,38 +328,7 @@ class Trainer:
 
     def fit(self) -> None:
         """Train from step 0 (or the latest checkpoint) up to ``config.steps``."""
-        if self.config.resume:
-            self.resume()
-        training.init_trackers(self.accelerator, self._tracked_config(), start_step=self.step)
-        with logging_redirect_tqdm():  # log lines print above the bar, not through it
-            self._loop()
-
-    def _loop(self) -> None:
-        bar = tqdm(
-            total=self.config.steps,
-            initial=self.step,
-            unit="step",
-            desc=self.run.root.name,
-            disable=not self.main,
-            dynamic_ncols=True,
-        )
-        window = _Window()
-        clock = training.StepClock(self.step)
-        while self.step < self.config.steps:
-            window.add(self.train_step())
-            self.step += 1
-            bar.update(1)
-            if self._due(self.config.log_every):
-                self._log_train(window.mean(), clock.tick(self.step), bar)
-                window = _Window()
-            if self._due(self.config.eval_every):
-                self.validate()
-            if self._due(self.config.save_every):
-                self.save()
-        bar.close()
-
-    def _due(self, every: int) -> bool:
-        return self.step % every == 0 or self.step == self.config.steps
+        self.run_loop(self._tracked_config())
 
     def train_step(self) -> dict[str, float]:
         """One optimiser step (``grad_accum`` forward/backward passes); returns batch metrics."""
@@ -366,7 +339,7 @@ class Trainer:
             with self.accelerator.accumulate(self.model):
                 out = self.model(images)
                 values = self._batch_metrics(out, images)
-                training.check_finite(values, self.step + 1, hint=self._nan_hint)
+                training.check_finite(values, self.step + 1, hint=self.nan_hint)
                 self.accelerator.backward(out.loss)
                 if self.accelerator.sync_gradients:
                     self.accelerator.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
@@ -395,22 +368,18 @@ class Trainer:
         stacked = self.accelerator.reduce(stacked.to(self.accelerator.device), "mean")
         return dict(zip(names, stacked.tolist(), strict=True))
 
-    def _nan_hint(self) -> str:
-        latest = training.latest_checkpoint(self.run.state)
-        where = f"; the last checkpoint is {latest[1]}" if latest else ""
-        return f"{where}; try a lower --lr, or --mixed-precision no"
+    def window_mean(self, rows: list[dict[str, float]]) -> dict[str, float]:
+        values = {**training.mean_rows(rows), "lr": self.config.lr}
+        values["psnr"] = _psnr(values["mse"])  # of the mean MSE, not a mean of PSNRs
+        return values
 
-    def _log_train(self, values: dict[str, float], rate: float, bar) -> None:
-        values = {**values, "steps_per_s": rate, "lr": self.config.lr}
-        self.metrics.write(self.step, "train", values)
-        self.accelerator.log({f"train/{k}": v for k, v in values.items()}, step=self.step)
-        bar.set_postfix(
-            loss=f"{values['loss']:.4f}",
-            psnr=f"{values['psnr']:.2f}",
-            usage=f"{100 * values['usage']:.0f}%",
-            ppl=f"{values['perplexity']:.0f}",
-            refresh=False,
-        )
+    def postfix(self, values: dict[str, float]) -> dict[str, str]:
+        return {
+            "loss": f"{values['loss']:.4f}",
+            "psnr": f"{values['psnr']:.2f}",
+            "usage": f"{100 * values['usage']:.0f}%",
+            "ppl": f"{values['perplexity']:.0f}",
+        }
 
     # -- validation, plots
 
@@ -418,8 +387,7 @@ class Trainer:
         """Metrics on the test split, shared over processes; plots from the main process."""
         values = evaluate_sharded(self.tokenizer, self.val_set.images, self.accelerator)
         self.last_val = values
-        self.metrics.write(self.step, "val", values)
-        self.accelerator.log({f"val/{k}": v for k, v in values.items()}, step=self.step)
+        self.log(values, "val")
         if self.main:
             self._plot()
             logger.info("step %d validation: %s", self.step, _fmt(values))
@@ -441,43 +409,18 @@ class Trainer:
 
     # -- checkpoints
 
-    def save(self) -> Path:
-        """Save accelerate state at this step; refuse (and stop) if any tensor is non-finite."""
-        bad = training.non_finite_tensors(self.tokenizer)
-        anywhere = torch.tensor(float(len(bad)), device=self.accelerator.device)
-        if self.accelerator.reduce(anywhere, "sum").item() > 0:  # every process stops together
-            raise training.NonFiniteLossError(
-                f"training stopped at step {self.step}: non-finite values in {bad[:5]}; "
-                "this state was not saved"
-            )
+    def progress(self) -> dict[str, Any]:
+        """The quantiser's update counter, and a fingerprint of its state on every process."""
         quantizer = self.tokenizer.quantizer
         prints = training.replica_fingerprints(self.accelerator, quantizer.state_dict())
-        progress = {
-            "quantizer_step": int(quantizer.step),
-            "quantizer_fingerprints": prints,
-            "val": self.last_val,
-        }
-        return training.save_checkpoint(
-            self.accelerator, self.run, self.step, progress, self.config.keep_last
-        )
+        return {"quantizer_step": int(quantizer.step), "quantizer_fingerprints": prints}
 
-    def resume(self) -> None:
-        """Load the newest complete checkpoint, if any, and continue from its step."""
-        latest = training.latest_checkpoint(self.run.state)
-        if latest is None:
-            logger.info("no checkpoint in %s yet: starting from step 0", self.run.state)
-            self.metrics.truncate_after(0)
-            return
-        progress = training.load_checkpoint(self.accelerator, latest[1])
-        self.step = int(progress["step"])
+    def check_progress(self, progress: dict[str, Any], folder: Path) -> None:
         if int(self.tokenizer.quantizer.step) != int(progress["quantizer_step"]):
             raise RuntimeError(
-                f"checkpoint {latest[1]} holds quantizer step {self.tokenizer.quantizer.step}, "
+                f"checkpoint {folder} holds quantizer step {self.tokenizer.quantizer.step}, "
                 f"its progress file says {progress['quantizer_step']}"
             )
-        self.last_val = progress.get("val", {})
-        self.metrics.truncate_after(self.step)
-        logger.info("resumed %s at step %d", self.run.root, self.step)
 
     # -- the end
 
@@ -535,25 +478,6 @@ def evaluate_sharded(tokenizer: SomTokenizer, images: np.ndarray, accelerator) -
     sums = {k: accelerator.reduce(v.to(accelerator.device), "sum").cpu() for k, v in sums.items()}
     tokenizer.train(was_training)
     return evaluate.metrics_from_sums(sums)
-
-
-class _Window:
-    """Running mean of per-step metrics between two log lines."""
-
-    def __init__(self):
-        self.sums: dict[str, float] = {}
-        self.count = 0
-
-    def add(self, values: dict[str, float]) -> None:
-        for name, value in values.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value
-        self.count += 1
-
-    def mean(self) -> dict[str, float]:
-        values = {name: total / max(self.count, 1) for name, total in self.sums.items()}
-        if "mse" in values:
-            values["psnr"] = _psnr(values["mse"])
-        return values
 
 
 def _psnr(mse: float) -> float:
