@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -30,22 +29,18 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from huggingface_hub import ModelHubMixin, hf_hub_download
-from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from huggingface_hub import ModelHubMixin
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from somtok import __version__
+from somtok import __version__, hub
 from somtok.errors import SomtokError
 from somtok.fileio import atomic_output
 
 # Version of the prior's checkpoint layout (config.json keys, weight names).
 FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-CARD_FILE = "README.md"
+CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = hub.CONFIG_FILE, hub.WEIGHTS_FILE, hub.CARD_FILE
 
 CIFAR10_CLASSES = (
     "airplane",
@@ -420,7 +415,7 @@ class SomPrior(
         map_location: str = "cpu",
         **model_kwargs,
     ) -> SomPrior:
-        hub = dict(
+        download = dict(
             revision=revision,
             cache_dir=cache_dir,
             force_download=force_download,
@@ -430,30 +425,14 @@ class SomPrior(
         model_kwargs.pop("config", None)  # the mixin's reading of config.json; read_config checks
         if model_kwargs:
             raise TypeError(f"unexpected arguments {sorted(model_kwargs)} for from_pretrained")
-        model = cls(read_config(_resolve_file(model_id, CONFIG_FILE, hub)))
-        model.load_weights(_resolve_file(model_id, WEIGHTS_FILE, hub))
+        model = cls(read_config(hub.resolve_file("prior", model_id, CONFIG_FILE, **download)))
+        model.load_weights(hub.resolve_file("prior", model_id, WEIGHTS_FILE, **download))
         return model.to(map_location).eval()
 
     def load_weights(self, path: str | os.PathLike) -> None:
         """Load a model.safetensors (float16 or float32) into this float32 model."""
-        try:
-            state = load_file(str(path), device="cpu")
-        except (SafetensorError, OSError) as err:
-            raise SomtokError(f"cannot read prior weights {str(path)!r}: {err}") from err
-        expected = self._own_state()
-        shapes = {k: tuple(v.shape) for k, v in state.items()}
-        wanted = {k: tuple(v.shape) for k, v in expected.items()}
-        if shapes != wanted:
-            missing = sorted(set(wanted) - set(shapes))
-            unexpected = sorted(set(shapes) - set(wanted))
-            misshapen = sorted(k for k in set(wanted) & set(shapes) if wanted[k] != shapes[k])
-            raise SomtokError(
-                f"prior weights {str(path)!r} do not match its config.json: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}, misshapen {misshapen[:5]}"
-            )
-        bad = [k for k, v in state.items() if not bool(torch.isfinite(v).all())]
-        if bad:
-            raise SomtokError(f"prior weights {str(path)!r} hold NaN or infinity in {bad[:5]}")
+        state = hub.read_weights("prior", path)
+        hub.check_state("prior", state, self._own_state(), str(path))
         self.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
 
 
@@ -473,15 +452,6 @@ def read_config(path: str | os.PathLike) -> PriorConfig:
     return PriorConfig.from_dict(data)
 
 
-def _resolve_file(model_id: str, filename: str, hub: dict) -> Path:
-    if os.path.isdir(model_id):
-        path = Path(model_id) / filename
-        if not path.is_file():
-            raise SomtokError(f"prior folder {model_id!r} has no {filename}")
-        return path
-    return Path(hf_hub_download(repo_id=model_id, filename=filename, **hub))
-
-
 def load_prior(path_or_id: str | os.PathLike | None = None) -> SomPrior:
     """A prior from a folder or a Hub repo id; None means the shipped one (checkpoints/prior).
 
@@ -498,32 +468,15 @@ def load_prior(path_or_id: str | os.PathLike | None = None) -> SomPrior:
             )
         path_or_id = paths.DEFAULT_PRIOR
     target = str(path_or_id)
-    if not os.path.isdir(target) and not _looks_like_repo_id(target):
-        raise SomtokError(f"prior {target!r} is not a folder; {_CHECKPOINT}")
-    if os.path.isdir(target):
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not os.path.isfile(os.path.join(target, name)):
-                raise SomtokError(f"prior folder {target!r} has no {name}; {_CHECKPOINT}")
-    try:
+    hub.check_source("prior", target, _CHECKPOINT)
+    with hub.clear_errors("prior", target, _CHECKPOINT):
         return SomPrior.from_pretrained(target)
-    except json.JSONDecodeError as err:
-        raise SomtokError(f"prior {target!r} has an unreadable {CONFIG_FILE}: {err}") from err
-    except (HfHubHTTPError, HFValidationError, LocalEntryNotFoundError) as err:
-        raise SomtokError(
-            f"prior {target!r} is neither a checkpoint folder nor a Hub model that can be "
-            f"fetched ({type(err).__name__}); {_CHECKPOINT}"
-        ) from err
 
 
 _CHECKPOINT = (
     "expected a folder with config.json and model.safetensors written by `somtok train-prior` "
     "(the run folder), or a Hub repo id"
 )
-
-
-def _looks_like_repo_id(text: str) -> bool:
-    """``name`` or ``owner/name`` with no path syntax (the Hub's repo id shape)."""
-    return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", text) is not None and not text.startswith(".")
 
 
 def with_tokenizer(config: PriorConfig, tokenizer_id: str, K: int, latent_shape) -> PriorConfig:

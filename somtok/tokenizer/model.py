@@ -42,13 +42,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from huggingface_hub import ModelCard, ModelHubMixin, hf_hub_download
-from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from huggingface_hub import ModelCard, ModelHubMixin
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from somtok import __version__, limits, paths
+from somtok import __version__, hub, limits, paths
 from somtok.errors import SomtokError
 from somtok.fileio import atomic_output
 from somtok.tokenizer.quantizer import (
@@ -62,9 +60,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_TYPE = "somtok-tokenizer"
 FORMAT_VERSION = 1  # bump when config.json or the weight names change incompatibly
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-CARD_FILE = "README.md"
+CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = hub.CONFIG_FILE, hub.WEIGHTS_FILE, hub.CARD_FILE
 METADATA_KEYS = ("model_type", "format_version", "somtok_version", "tokenizer_id")
 
 # Hex digits of SHA-256 kept as the tokenizer id: 64 bits, ample to tell checkpoints apart.
@@ -559,21 +555,9 @@ class SomTokenizer(
         "cpu"). Raises SomtokError for a missing, incomplete or mismatched checkpoint.
         """
         source = str(pretrained_model_name_or_path)
-        if os.path.isdir(source):
-            for name in (CONFIG_FILE, WEIGHTS_FILE):
-                if not os.path.isfile(os.path.join(source, name)):
-                    raise SomtokError(f"tokenizer folder {source!r} has no {name}; {_CHECKPOINT}")
-        try:
+        hub.check_source("tokenizer", source, _CHECKPOINT)
+        with hub.clear_errors("tokenizer", source, _CHECKPOINT):
             return super().from_pretrained(source, **kwargs)
-        except json.JSONDecodeError as err:
-            raise SomtokError(
-                f"tokenizer {source!r} has an unreadable {CONFIG_FILE}: {err}"
-            ) from err
-        except (HfHubHTTPError, HFValidationError, LocalEntryNotFoundError) as err:
-            raise SomtokError(
-                f"tokenizer {source!r} is neither a checkpoint folder nor a Hub model that can be "
-                f"fetched ({type(err).__name__}); {_CHECKPOINT}"
-            ) from err
 
     @classmethod
     def _from_pretrained(
@@ -591,16 +575,16 @@ class SomTokenizer(
         model_kwargs.pop("config", None)  # the mixin's reading of config.json; checked below
         if model_kwargs:
             raise TypeError(f"unexpected arguments {sorted(model_kwargs)} for from_pretrained")
-        hub = dict(
+        download = dict(
             revision=revision,
             cache_dir=cache_dir,
             force_download=force_download,
             local_files_only=local_files_only,
             token=token,
         )
-        data = read_config(_resolve_file(model_id, CONFIG_FILE, hub))
+        data = read_config(hub.resolve_file("tokenizer", model_id, CONFIG_FILE, **download))
         model = cls(TokenizerConfig.from_dict(_without_metadata(data)))
-        model.load_weights(_resolve_file(model_id, WEIGHTS_FILE, hub))
+        model.load_weights(hub.resolve_file("tokenizer", model_id, WEIGHTS_FILE, **download))
         if data["tokenizer_id"] != model.tokenizer_id:
             raise SomtokError(
                 f"tokenizer {model_id!r}: config.json says tokenizer_id "
@@ -612,11 +596,8 @@ class SomTokenizer(
     def load_weights(self, path: str | os.PathLike) -> None:
         """Load a model.safetensors, refusing missing, unexpected, misshapen or non-finite
         tensors with a SomtokError that names them."""
-        try:
-            state = load_file(str(path), device="cpu")
-        except (SafetensorError, OSError) as err:
-            raise SomtokError(f"cannot read tokenizer weights {str(path)!r}: {err}") from err
-        _check_state(state, self.state_dict(), str(path))
+        state = hub.read_weights("tokenizer", path)
+        hub.check_state("tokenizer", state, self.state_dict(), str(path))
         self.load_state_dict(state)
 
     # ---- keeping the compiled encoder honest ----
@@ -722,31 +703,6 @@ def _without_metadata(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k not in METADATA_KEYS}
 
 
-def _resolve_file(model_id: str, filename: str, hub: dict) -> Path:
-    if os.path.isdir(model_id):
-        return Path(model_id) / filename
-    return Path(hf_hub_download(repo_id=model_id, filename=filename, **hub))
-
-
-def _check_state(state: dict[str, Tensor], expected: dict[str, Tensor], source: str) -> None:
-    """Raise SomtokError unless ``state`` has exactly the expected names and shapes, all finite."""
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise SomtokError(
-            f"tokenizer weights {source!r} do not match its config: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]} ({len(missing)} and {len(unexpected)} in all)"
-        )
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise SomtokError(
-                f"tokenizer weights {source!r}: {name} has shape {tuple(tensor.shape)}, "
-                f"its config expects {tuple(expected[name].shape)}"
-            )
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise SomtokError(f"tokenizer weights {source!r}: {name} holds NaN or infinite values")
-
-
 def model_card(
     model: SomTokenizer, training: dict[str, Any] | None, metrics: dict[str, Any] | None
 ) -> str:
@@ -829,12 +785,4 @@ def load_tokenizer(
                 "one with `somtok train-tokenizer` or pass --tokenizer PATH_OR_HUB_ID"
             )
         path_or_id = paths.DEFAULT_TOKENIZER
-    target = str(path_or_id)
-    if not os.path.isdir(target) and not _looks_like_repo_id(target):
-        raise SomtokError(f"tokenizer {target!r} is not a folder; {_CHECKPOINT}")
-    return SomTokenizer.from_pretrained(target, device=device)
-
-
-def _looks_like_repo_id(text: str) -> bool:
-    """``name`` or ``owner/name`` without path syntax: the shape of a Hub repo id."""
-    return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", text) is not None and not text.startswith(".")
+    return SomTokenizer.from_pretrained(str(path_or_id), device=device)
