@@ -15,10 +15,10 @@ from somtok.errors import SomtokError
 def check_writable(path: str | os.PathLike, force: bool) -> Path:
     """Return ``path`` as a Path, refusing an existing file unless ``force``."""
     path = Path(path)
+    if path.is_dir():  # first: --force would not help
+        raise SomtokError(f"output {str(path)!r} is a folder; expected a file path")
     if path.exists() and not force:
         raise SomtokError(f"output {str(path)!r} already exists; pass --force to overwrite it")
-    if path.is_dir():
-        raise SomtokError(f"output {str(path)!r} is a folder; expected a file path")
     check_folder(path.parent, f"output {str(path)!r}")
     return path
 

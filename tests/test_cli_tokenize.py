@@ -108,6 +108,7 @@ def test_a_wrong_size_is_an_error_unless_resize(tmp_path, tok, pixels, capsys):
     assert main(["tokenize", str(big), "-o", str(out), "--tokenizer", tok]) == 2
     err = capsys.readouterr().err
     assert "big.png" in err and "48 x 40" in err and "--resize" in err
+    assert "expected 32 x 32, the size this tokenizer reads" in err
     assert main(["tokenize", str(big), "-o", str(out), "--tokenizer", tok, "--resize"]) == 0
     assert load_tokens(out).indices.shape == (1, 8, 8)
 
@@ -119,6 +120,14 @@ def test_outputs_are_kept_without_force(tmp_path, tok, folder, capsys):
     assert main(base) == 2
     assert "--force" in capsys.readouterr().err
     assert main([*base, "--force"]) == 0
+    assert "1 token grid of 8 x 8" in capsys.readouterr().out
+
+    # A folder in the way, or a name that is not a token file's, is refused whatever --force.
+    for bad, why in [(tmp_path, "is a folder"), (tmp_path / "t.png", "ending in .safetensors")]:
+        argv = ["tokenize", str(folder / "img0.png"), "-o", str(bad), "--tokenizer", tok]
+        assert main([*argv, "--force"]) == 2
+        assert why in capsys.readouterr().err
+    assert not (tmp_path / "t.png").exists()
 
     images = tmp_path / "decoded"
     detok = ["detokenize", str(out), "-o", str(images), "--tokenizer", tok]

@@ -69,8 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     """The token file and the PNG, refused early if they exist (without --force) or clash."""
     from somtok.fileio import check_writable
+    from somtok.tokenizer.tokens import check_token_output
 
-    tokens = check_writable(args.output, args.force)
+    tokens = check_token_output(args.output, args.force)
     png = check_writable(args.png or tokens.with_suffix(".png"), args.force)
     if tokens.resolve() == png.resolve():
         raise SomtokError(f"--output and --png are both {str(tokens)!r}; expected two files")

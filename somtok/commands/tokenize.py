@@ -44,12 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from somtok.fileio import check_writable
     from somtok.tokenizer.images import load_user_images
     from somtok.tokenizer.model import load_tokenizer
-    from somtok.tokenizer.tokens import TokenFile, save_tokens
+    from somtok.tokenizer.tokens import TokenFile, check_token_output, save_tokens
 
-    check_writable(args.output, args.force)  # refuse before the work, not after
+    check_token_output(args.output, args.force)  # refuse before the work, not after
     tokenizer = load_tokenizer(args.tokenizer)
     found = load_user_images(
         args.inputs, tokenizer.config.image_size, resize=args.resize, skip_errors=args.skip_errors
@@ -63,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     save_tokens(args.output, tokens, force=args.force)
     B, h, w = indices.shape
     print(
-        f"{args.output}: {B} token grids of {h} x {w} (tokenizer {tokens.tokenizer_id}); "
+        f"{args.output}: {B} token grid{'s' * (B != 1)} of {h} x {w} "
+        f"(tokenizer {tokens.tokenizer_id}); "
         f"{len(found.skipped)} file(s) skipped"
     )
     return 0

@@ -229,10 +229,11 @@ def load_user_images(
     if size is not None and size < 1:
         raise SomtokError(f"image size must be a positive number of pixels; got {size}")
     expected = None if size is None else (size, size)  # (width, height)
+    like = "the size this tokenizer reads" if size is not None else "the size of the first image"
     arrays, names, skipped = [], [], []
     for name in expand_inputs(inputs):
         try:
-            img = _user_image(name, size if resize else None, expected)
+            img = _user_image(name, size if resize else None, expected, like)
         except SomtokError as err:
             if not skip_errors:
                 raise
@@ -248,8 +249,11 @@ def load_user_images(
     return UserImages(np.stack(arrays), names, skipped)  # (B, 3, H, W)
 
 
-def _user_image(name: str, resize_to: int | None, expected: tuple[int, int] | None) -> Image.Image:
-    """Read one user file; conform it to ``resize_to`` if given, else check it is ``expected``."""
+def _user_image(
+    name: str, resize_to: int | None, expected: tuple[int, int] | None, like: str
+) -> Image.Image:
+    """Read one user file; conform it to ``resize_to`` if given, else check it is ``expected``
+    (``like`` says where that size comes from)."""
     img = read_image(name)
     width, height = img.size
     if max(width, height) / min(width, height) > limits.MAX_ASPECT_RATIO:
@@ -261,7 +265,7 @@ def _user_image(name: str, resize_to: int | None, expected: tuple[int, int] | No
         return conform(img, resize_to)
     if expected is not None and img.size != expected:
         raise SomtokError(
-            f"image {name!r} is {width} x {height}; expected {expected[0]} x {expected[1]} "
-            f"like the other images (pass --resize to resize and centre-crop it)"
+            f"image {name!r} is {width} x {height}; expected {expected[0]} x {expected[1]}, "
+            f"{like} (pass --resize to resize and centre-crop it)"
         )
     return img

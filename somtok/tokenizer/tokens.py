@@ -30,12 +30,13 @@ from torch import Tensor
 
 from somtok import __version__
 from somtok.errors import SomtokError
-from somtok.fileio import atomic_output
+from somtok.fileio import atomic_output, check_writable
 
 if TYPE_CHECKING:
     from somtok.tokenizer.model import SomTokenizer
 
 FORMAT = "somtok-tokens/1"
+SUFFIX = ".safetensors"  # what the commands name token files
 REQUIRED_METADATA = ("format", "tokenizer_id", "codebook_size", "map_shape", "latent_shape")
 TENSORS = ("indices", "labels")
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -108,10 +109,16 @@ class TokenFile:
                 f"{source} was made by tokenizer {self.tokenizer_id!r}, but the tokenizer given "
                 f"is {tokenizer.tokenizer_id!r}; pass the tokenizer that made it (--tokenizer)"
             )
-        if self.codebook_size != tokenizer.codebook_size:  # same id, so only a forged file
+        # Same id, so what follows only catches an edited file.
+        if self.codebook_size != tokenizer.codebook_size:
             raise SomtokError(
                 f"{source} has codebook_size {self.codebook_size}; its tokenizer has "
                 f"{tokenizer.codebook_size}"
+            )
+        if tuple(self.map_shape) != tuple(tokenizer.quantizer.grid.shape):
+            raise SomtokError(
+                f"{source} has map_shape {list(self.map_shape)}; its tokenizer's map is "
+                f"{list(tokenizer.quantizer.grid.shape)}"
             )
 
     def metadata(self) -> dict[str, str]:
@@ -132,8 +139,8 @@ def _checked_map(shape, K) -> tuple[int, ...]:
     ok = shape and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
     if not ok or len(shape) > 2 or math.prod(shape) != K:
         raise SomtokError(
-            f"map_shape={list(shape)} is invalid; expected 1 or 2 positive sizes whose product "
-            f"is the codebook size {K}"
+            f"map_shape={list(shape)} does not fit codebook_size={K}; expected 1 or 2 positive "
+            f"sizes whose product is the codebook size"
         )
     return shape
 
@@ -145,7 +152,8 @@ def _checked_indices(indices, K: int) -> Tensor:
         raise SomtokError(f"token indices of type {what} given; expected int32 or int64")
     if indices.ndim != 3 or 0 in indices.shape:
         raise SomtokError(
-            f"token indices of shape {tuple(indices.shape)} given; expected (B, h, w), none 0"
+            f"token indices of shape {tuple(indices.shape)} given; expected (B, h, w) with B, h "
+            "and w at least 1"
         )
     low, high = indices.aminmax()
     if low < 0 or high >= K:
@@ -163,6 +171,17 @@ def _checked_labels(labels, B: int) -> Tensor:
             f"given; expected int64 ({B},), one per token grid"
         )
     return labels.detach().to("cpu", torch.int64)
+
+
+def check_token_output(path: str | os.PathLike, force: bool) -> Path:
+    """Refuse a token-file output that is not named ``*.safetensors`` or that exists (without
+    ``force``): what the commands check before they start the work."""
+    path = check_writable(path, force)
+    if path.suffix != SUFFIX:
+        raise SomtokError(
+            f"token file output {str(path)!r} given; expected a file name ending in {SUFFIX}"
+        )
+    return path
 
 
 def save_tokens(path: str | os.PathLike, tokens: TokenFile, force: bool = False) -> Path:
@@ -208,10 +227,15 @@ def _from_parts(meta: dict[str, str], tensors: dict[str, Tensor]) -> TokenFile:
         )
     missing = [key for key in REQUIRED_METADATA if key not in meta]
     unexpected = sorted(set(tensors) - set(TENSORS))
-    if missing or "indices" not in tensors or unexpected:
+    problems = [f"metadata lacks {missing}"] if missing else []
+    if "indices" not in tensors:
+        problems.append(f"no 'indices' tensor (tensors: {sorted(tensors)})")
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected}")
+    if problems:
         raise SomtokError(
-            f"incomplete: metadata lacks {missing}, tensors are {sorted(tensors)}; expected "
-            "'indices', optionally 'labels'"
+            f"incomplete: {'; '.join(problems)}; expected the metadata {list(REQUIRED_METADATA)} "
+            "and the tensor 'indices', optionally 'labels'"
         )
     tokens = TokenFile(
         indices=tensors["indices"],
