@@ -30,8 +30,15 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake on the command line is one line, like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"somtok: error: {self.prog}: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="somtok",
         description="An image tokenizer whose codebook is a Kohonen self-organising map.",
     )
