@@ -19,7 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", help=TOKENIZER_HELP)
     parser.add_argument("--data", default="sample", help="dataset (default: the bundled sample)")
     parser.add_argument("--split", default="test", help="split to evaluate on (default test)")
-    parser.add_argument("--limit", type=int, help="use the first N images of the split")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        help="use the first N images of the split (unreadable ones among them are skipped and "
+        "counted, so fewer may be measured)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the metrics as JSON here")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
 
