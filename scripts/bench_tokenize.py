@@ -17,6 +17,12 @@ On real CIFAR-10 test images, batch 256, the cifar10 preset (random weights unle
                   checkpoint, reading and checking every PNG, encoding, writing the token file;
   cli-bf16        the same with --precision bf16.
 
+The ceiling of float32: the encoder's floating-point operations (counted by
+torch.utils.flop_counter) times the eager encoder's images/s, against this core's own float32
+matrix-multiply rate (a square 1024 x 1024 matmul, timed in the same interleaved rounds). It says
+how much faster exact float32 could still get: a speed-up over the eager encoder above that
+matmul rate divided by the encoder's is out of reach without fewer operations or lower precision.
+
 Rounds are interleaved so that drifts in machine load hit every method alike. The fastest
 round of each method is reported (with the ratio to eager-encoder), medians beside it: on a
 shared machine other jobs only ever add time, so the minimum is the steadiest estimate. On a
@@ -49,6 +55,7 @@ import numpy as np
 import torch
 from einops import rearrange
 from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 
 from somtok import limits
 from somtok.cli import main as somtok_main
@@ -57,6 +64,7 @@ from somtok.tokenizer.model import SomTokenizer, TokenizerConfig, load_tokenizer
 from somtok.tokenizer.tokens import load_tokens
 
 BATCH = limits.ENCODE_BATCH_SIZE
+MATMUL = 1024  # side of the square float32 matmul that measures the core's rate
 
 
 def eager_baseline(model: SomTokenizer):
@@ -79,6 +87,14 @@ def eager_baseline(model: SomTokenizer):
         return base.decoder(codes.contiguous())
 
     return encode, forward
+
+
+def encoder_flops(model: SomTokenizer, batch: torch.Tensor) -> float:
+    """Floating-point operations of the encoder per image (a multiply-add counts 2)."""
+    x = torch.zeros(batch.shape, dtype=torch.float32)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.encoder(x)
+    return counter.get_total_flops() / len(batch)
 
 
 def write_pngs(pixels: np.ndarray, folder: Path) -> None:
@@ -158,6 +174,7 @@ def run(args) -> dict:
         "compiled_bf16_path_used": not compiled_bf16._compiled.failed,
     }
     images = pixels[: args.images]
+    a, b = torch.randn(MATMUL, MATMUL), torch.randn(MATMUL, MATMUL)
     quality = {"psnr_fp32": psnr(model, images), "psnr_bf16": psnr(bf16, images)}
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,15 +195,27 @@ def run(args) -> dict:
                 args.images,
                 lambda: cli_run(tmp / "images", tmp / "tokenizer", out_bf16, "--precision", "bf16"),
             ),
+            "matmul": (1, lambda: torch.mm(a, b)),
         }
         times = interleaved(methods, args.rounds, args.warmup, CLOCKS[args.clock])
         every = eager_all(eager_encode, images)
         agree["cli"] = agreement(load_tokens(out).indices, every)
         agree["cli-bf16"] = agreement(load_tokens(out_bf16).indices, every)
+    matmul_s = times.pop("matmul")
     rates = {name: methods[name][0] / min(t) for name, t in times.items()}
     medians = {name: methods[name][0] / statistics.median(t) for name, t in times.items()}
+    flops = encoder_flops(model, batch)
+    matmul_gflops = 2 * MATMUL**3 / min(matmul_s) / 1e9
+    encoder_gflops = flops * rates["eager-encoder"] / 1e9
     return {
         "images_per_s": rates,
+        "float32_ceiling": {
+            "encoder_mflop_per_image": flops / 1e6,
+            "eager_encoder_gflop_per_s": encoder_gflops,
+            "matmul_gflop_per_s": matmul_gflops,
+            "eager_encoder_fraction_of_matmul": encoder_gflops / matmul_gflops,
+            "largest_float32_speedup": matmul_gflops / encoder_gflops,
+        },
         "ratio_to_eager_encoder": {n: r / rates["eager-encoder"] for n, r in rates.items()},
         "median_images_per_s": medians,
         "compile_seconds": compile_s,
@@ -240,6 +269,15 @@ def report(result: dict) -> None:
     )
     if not all(result["checks"].values()):
         print(f"the compiled path fell back to eager for some calls: {result['checks']}")
+    ceiling = result["float32_ceiling"]
+    print(
+        f"float32 ceiling: the encoder is {ceiling['encoder_mflop_per_image']:.1f} MFLOP an image, "
+        f"so the eager encoder runs at {ceiling['eager_encoder_gflop_per_s']:.1f} GFLOP/s, "
+        f"{100 * ceiling['eager_encoder_fraction_of_matmul']:.0f} % of this core's float32 "
+        f"{MATMUL} x {MATMUL} matmul ({ceiling['matmul_gflop_per_s']:.1f} GFLOP/s): float32 "
+        f"could be at most {ceiling['largest_float32_speedup']:.2f}x the eager encoder "
+        "with the same operations"
+    )
     quality = result["quality"]
     print(
         f"reconstruction PSNR (of the mean MSE) of the {result['cli_images']} images: fp32 "
