@@ -149,6 +149,30 @@ def test_summaries_of_curves():
     assert reproduce_report.mean_std([]) is None
 
 
+def _curve(means, stds, seeds):
+    steps = np.arange(1, len(means) + 1)
+    return reproduce_report.Curve(steps, np.array(means), np.array(stds), seeds)
+
+
+def test_clearly_below_needs_apart_bands_and_a_real_gap():
+    clearly = reproduce_report._clearly_below
+    # Three seeds: 1.0 ± 0.1 against 2.0 ± 0.1 is clear; against 1.15 ± 0.1 the bands overlap.
+    assert clearly(_curve([1.0], [0.1], 3), _curve([2.0], [0.1], 3), 0)
+    assert not clearly(_curve([1.0], [0.1], 3), _curve([1.15], [0.1], 3), 0)
+    # One seed: no bands, so a hair's difference is not 'clearly' below, 10 % is.
+    assert not clearly(_curve([0.999], [0.0], 1), _curve([1.0], [0.0], 1), 0)
+    assert clearly(_curve([0.9], [0.0], 1), _curve([1.0], [0.0], 1), 0)
+
+
+def test_ordering_verdict_rests_on_the_shift_change():
+    verdict = reproduce_report.ordering_verdict
+    assert verdict(0.07, 0.20, 0.57, 0.99)[0] == reproduce_report.HOLDS
+    # A collapsed EMA codebook can have a topographic error of 0: the shift still decides.
+    held, reason = verdict(0.02, 0.15, 0.64, 0.0)
+    assert held == reproduce_report.PARTLY and "few of its codes" in reason
+    assert verdict(0.20, 0.07, 0.57, 0.99)[0] == reproduce_report.FAILS
+
+
 def test_seconds_per_step_is_the_median_rate():
     rows = [{"steps_per_s": r} for r in (2.0, 4.0, 100.0)] + [{"loss": 1.0}]
     assert reproduce.seconds_per_step(rows) == pytest.approx(0.25)
