@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from somtok.errors import run_script
 from somtok.serve.app import SomtokApp, load_models
 from somtok.tokenizer import walk
 from somtok.tokenizer.data import load_images
@@ -95,4 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

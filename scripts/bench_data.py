@@ -17,6 +17,7 @@ import time
 import numpy as np
 import torch
 
+from somtok.errors import run_script
 from somtok.tokenizer import data
 
 
@@ -69,4 +70,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
+from somtok.errors import run_script
 from somtok.tokenizer.quantizer import (
     KohonenQuantizer,
     QuantizerConfig,
@@ -140,4 +142,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

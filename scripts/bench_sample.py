@@ -28,6 +28,7 @@ import time
 import torch
 from transformers import GenerationConfig
 
+from somtok.errors import run_script
 from somtok.prior.model import PriorConfig, SomPrior, load_prior
 from somtok.prior.sample import sample_tokens
 
@@ -144,4 +145,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

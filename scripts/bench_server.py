@@ -34,6 +34,7 @@ import httpx
 import psutil
 
 from somtok import paths
+from somtok.errors import run_script
 
 READY_TIMEOUT_S = 900  # importing torch, transformers and gradio: minutes on a busy machine
 CLIENT_TIMEOUT_S = 600  # per HTTP call: a request may wait behind a hundred others
@@ -306,4 +307,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

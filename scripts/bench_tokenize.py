@@ -59,6 +59,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from somtok import limits
 from somtok.cli import main as somtok_main
+from somtok.errors import run_script
 from somtok.tokenizer.data import load_images
 from somtok.tokenizer.model import SomTokenizer, TokenizerConfig, load_tokenizer
 from somtok.tokenizer.tokens import load_tokens
@@ -308,4 +309,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

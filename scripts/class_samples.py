@@ -6,11 +6,13 @@ python scripts/class_samples.py -o docs/img/class_samples.png [--per-class 8 --g
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 from einops import rearrange
 from PIL import Image, ImageDraw
 
+from somtok.errors import run_script
 from somtok.prior.model import load_prior
 from somtok.prior.sample import sample_tokens
 from somtok.tokenizer.model import load_tokenizer
@@ -60,4 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

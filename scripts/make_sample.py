@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from somtok import paths
+from somtok.errors import run_script
 from somtok.fileio import atomic_output
 from somtok.tokenizer.data import cifar10_dir
 
@@ -58,4 +59,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -30,8 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="compile the encoder first: 5 s to a few minutes once, then up to 1.2x faster on "
-        "the CPU; worth it only for very many images",
+        help="compile the encoder first: 5 s to a few minutes once, then at most a few per "
+        "cent faster on the CPU (1.01x measured, see the README's benchmarks); worth it only "
+        "for very many images",
     )
     parser.add_argument(
         "--precision",
