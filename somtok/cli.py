@@ -34,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a mistake on the command line is one line, like every other error."""
 
     def error(self, message: str):
-        self.exit(2, f"somtok: error: {self.prog}: {message}; see '{self.prog} --help'\n")
+        self.exit(2, f"somtok: error: {message}; see '{self.prog} --help'\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -91,7 +91,7 @@ def test_bf16_tokens_are_those_of_the_bf16_encoder(tmp_path, tok, folder, pixels
         main([*args, "--force", "--precision", "fp16"])
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("somtok: error: somtok tokenize: argument --precision: invalid choice")
+    assert err.startswith("somtok: error: argument --precision: invalid choice")
     assert err.count("\n") == 1 and "see 'somtok tokenize --help'" in err
 
 
