@@ -315,6 +315,13 @@ def _clearly_below(a: Curve, b: Curve, i: int) -> bool:
     return bool(bands_apart and a.mean[i] <= (1 - CLEAR_GAP) * b.mean[i])
 
 
+def _percent(fraction: float) -> str:
+    """A signed relative difference in per cent, one decimal: '+3.2', '-18.2', '0.0' (never
+    '-0.0')."""
+    text = f"{100 * fraction:+.1f}"
+    return "0.0" if text in ("+0.0", "-0.0") else text
+
+
 def claim_speed(table: dict[str, Group]) -> Claim:
     title = "KSOM is faster than a well-configured EMA-VQ only early in training."
     missing = _need(table, [EMA, KSOM])
@@ -327,8 +334,8 @@ def claim_speed(table: dict[str, Group]) -> Claim:
     gap = (ksom.mean - ema.mean) / ema.mean  # < 0: KSOM lower
     evidence = (
         f"Validation MSE of KSOM hard (N0 = 1) relative to EMA-VQ (N0 = 1), seed means "
-        f"({ksom.seeds} and {ema.seeds} seeds): {100 * gap[first]:+.1f} % at step "
-        f"{steps[first]}, {100 * gap[last]:+.1f} % at step {steps[last]} (negative: KSOM "
+        f"({ksom.seeds} and {ema.seeds} seeds): {_percent(gap[first])} % at step "
+        f"{steps[first]}, {_percent(gap[last])} % at step {steps[last]} (negative: KSOM "
         "lower). 'Clearly' below means the ±1 std bands over seeds do not overlap and the "
         f"seed means are at least {100 * CLEAR_GAP:.0f} % apart."
     )
@@ -364,7 +371,7 @@ def claim_final(table: dict[str, Group], steps: int) -> Claim:
     diff = (ksom - ema) / ema
     evidence += (
         f"Test MSE after {steps:,} steps: KSOM hard {ksom:.5f}, EMA-VQ {ema:.5f} "
-        f"(KSOM {100 * diff:+.1f} %)."
+        f"(KSOM {_percent(diff)} %)."
     )
     if short:
         return Claim(title, UNJUDGED, evidence)

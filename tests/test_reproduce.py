@@ -355,3 +355,9 @@ def test_tiny_sweep_trains_resumes_skips_and_reports(tmp_path):
     assert "**4 of 6 planned runs finished.**" in text
     assert "`ema-n0=1-seed2`: new, not started" in text
     assert "--steps 12" in text
+
+
+def test_percentages_never_read_minus_zero():
+    assert reproduce_report._percent(-0.0004) == "0.0"
+    assert reproduce_report._percent(-0.182) == "-18.2"
+    assert reproduce_report._percent(0.032) == "+3.2"

@@ -38,9 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=("fp32", "bf16"),
         default="fp32",
-        help="fp32 (default): exact tokens. bf16: the encoder in bfloat16, 1.6x faster on a CPU "
-        "with AVX-512 BF16, several times slower on one without; 99%% of tokens equal fp32's, "
-        "the rest are near ties (same PSNR)",
+        help="fp32 (default): exact tokens. bf16: the encoder in bfloat16, 1.6x the speed of "
+        "fp32 on a CPU with AVX-512 BF16, several times slower on one without; 99%% of tokens "
+        "equal fp32's, the rest are near ties (same PSNR)",
     )
 
 
