@@ -175,7 +175,7 @@ def run(args) -> dict:
         "compiled_bf16_path_used": not compiled_bf16._compiled.failed,
     }
     images = pixels[: args.images]
-    a, b = torch.randn(MATMUL, MATMUL), torch.randn(MATMUL, MATMUL)
+    left, right = torch.randn(MATMUL, MATMUL), torch.randn(MATMUL, MATMUL)
     quality = {"psnr_fp32": psnr(model, images), "psnr_bf16": psnr(bf16, images)}
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -196,7 +196,7 @@ def run(args) -> dict:
                 args.images,
                 lambda: cli_run(tmp / "images", tmp / "tokenizer", out_bf16, "--precision", "bf16"),
             ),
-            "matmul": (1, lambda: torch.mm(a, b)),
+            "matmul": (1, lambda: torch.mm(left, right)),
         }
         times = interleaved(methods, args.rounds, args.warmup, CLOCKS[args.clock])
         every = eager_all(eager_encode, images)

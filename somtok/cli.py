@@ -13,7 +13,7 @@ import logging
 import sys
 
 from somtok import __version__
-from somtok.errors import SomtokError
+from somtok.errors import run_script
 
 # name -> (module under somtok.commands, one-line help)
 COMMANDS = {
@@ -65,10 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
-        return int(args._module.run(args) or 0)
-    except SomtokError as err:
-        print(f"somtok: error: {err}", file=sys.stderr)
-        return 2
+        return run_script(lambda: args._module.run(args))
     except KeyboardInterrupt:
         print("somtok: interrupted", file=sys.stderr)
         return 130

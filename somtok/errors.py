@@ -1,7 +1,7 @@
-"""The one exception type a user's mistake raises.
+"""The one exception type a user's mistake raises, and how a command ends on it.
 
-The CLI prints ``somtok: error: <message>`` for it and exits with status 2; the app shows the
-message in the page. Everything else is a bug and keeps its traceback.
+The CLI and the scripts (``run_script``) print ``somtok: error: <message>`` for it and exit with
+status 2; the app shows the message in the page. Everything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ class SomtokError(ValueError):
 
 
 def run_script(main: Callable[[], int | None]) -> int:
-    """Run a script's ``main`` as the CLI runs a command: a SomtokError is one line on stderr,
+    """Run a command's or a script's ``main``: a SomtokError is one line on stderr,
     ``somtok: error: ...``, and exit status 2; otherwise ``main``'s status (None: 0)."""
     try:
         return int(main() or 0)
